@@ -1,0 +1,411 @@
+"""All of upq's SQL: schema, the job table's state changes, and group commit.
+
+Every write goes through one `Writer` thread that packs the writes waiting at
+that moment into one transaction (group commit): concurrent submissions share
+one fsync, and on SQLite there is a single writing connection, so writers never
+fight over the lock. Reads run on their own pooled connections.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData,
+                        String, Table, Text, create_engine, delete, event, func,
+                        insert, select, update)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+SCHEMA_VERSION = 1
+MAX_MSG_CHARS = 4000            # msg is a short text; longer ones are cut (documented)
+MAX_RESULT_CHARS = 1_000_000    # a result's JSON beyond this is replaced by an error note
+WRITE_BATCH = 1000              # most writes in one group-commit transaction
+STATES_FINAL = ("done", "failed", "cancelled")
+# "held": stored by enqueue_job() inside check(), not yet accepted; shown as "new".
+STATES = ("held", "new", "running") + STATES_FINAL
+
+T = TypeVar("T")
+
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+_Time = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+metadata = MetaData()
+
+jobs = Table(
+    "upq_jobs", metadata,
+    Column("jobid", _BigId, primary_key=True, autoincrement=True),
+    Column("jobname", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("params", _LongText, nullable=False),
+    Column("msg", Text, nullable=False, default=""),
+    Column("result", _LongText, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("retries_used", Integer, nullable=False, default=0),
+    Column("created", _Time, nullable=False),
+    Column("started", _Time, nullable=True),
+    Column("finished", _Time, nullable=True),
+    Column("run_after", _Time, nullable=True),
+    Column("node", String(255), nullable=True),
+    Column("parent", BigInteger, nullable=True),
+    # claim order and per-type counts (stats) are both served by this index
+    Index("ix_upq_jobs_claim", "jobname", "state", "jobid"),
+    # list by state, orphan recovery
+    Index("ix_upq_jobs_state", "state", "node", "jobid"),
+)
+
+meta = Table(
+    "upq_meta", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or refused the work; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job as stored."""
+    jobid: int
+    jobname: str
+    state: str
+    params: dict[str, str]
+    msg: str
+    result: Any
+    attempts: int
+    retries_used: int
+    created: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+    run_after: dt.datetime | None
+    node: str | None
+    parent: int | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in STATES_FINAL
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as clients see it (SPEC: the job JSON)."""
+        return {
+            "jobid": self.jobid, "jobname": self.jobname,
+            "state": "new" if self.state == "held" else self.state,
+            "params": self.params, "msg": self.msg, "result": self.result,
+            "attempts": self.attempts, "created": iso(self.created),
+            "started": iso(self.started), "finished": iso(self.finished),
+            "run_after": iso(self.run_after), "node": self.node, "parent": self.parent,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended."""
+    state: str          # done | failed | cancelled
+    msg: str = ""
+    result: Any = None
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, the form every time column holds."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.isoformat(timespec="microseconds") + "Z"
+
+
+def encode_result(result: Any) -> str | None:
+    """JSON for the result column, capped so a poison job cannot bloat the database."""
+    if result is None:
+        return None
+    try:
+        text = json.dumps(result, ensure_ascii=False, default=str)
+    except (TypeError, ValueError) as exc:
+        text = json.dumps({"error": f"result is not JSON: {exc}"})
+    if len(text) > MAX_RESULT_CHARS:
+        text = json.dumps({"error": f"result too large ({len(text)} chars, limit {MAX_RESULT_CHARS})"})
+    return text
+
+
+def cap_msg(msg: Any) -> str:
+    text = "" if msg is None else str(msg)
+    return text if len(text) <= MAX_MSG_CHARS else text[:MAX_MSG_CHARS - 3] + "..."
+
+
+def _row(r: Any) -> JobRow:
+    return JobRow(
+        jobid=int(r.jobid), jobname=r.jobname, state=r.state,
+        params=json.loads(r.params), msg=r.msg or "",
+        result=None if r.result is None else json.loads(r.result),
+        attempts=r.attempts, retries_used=r.retries_used, created=r.created,
+        started=r.started, finished=r.finished, run_after=r.run_after,
+        node=r.node, parent=r.parent)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Deadlock, lock wait timeout (MySQL) or a busy SQLite file: worth retrying."""
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code in (1213, 1205) or "database is locked" in str(exc)
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError"))
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for the client, without SQL or parameters."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).splitlines()[0] if str(orig or exc) else type(exc).__name__
+    return f"database unavailable: {text}"
+
+
+class Database:
+    """The storage interface: every other module reaches SQL only through this."""
+
+    def __init__(self, url: str, logger: logging.Logger, durability: str = "full"):
+        self.url = url
+        self.log = logger
+        self.is_sqlite = url.startswith("sqlite")
+        self.read_engine = self._engine(url, durability, writer=False)
+        self.write_engine = self._engine(url, durability, writer=True)
+        self.writer = Writer(self.write_engine, logger)
+
+    # -- set-up ------------------------------------------------------------
+    def _engine(self, url: str, durability: str, writer: bool) -> Engine:
+        if self.is_sqlite:
+            engine = create_engine(url, connect_args={"timeout": 30},
+                                   pool_size=1 if writer else 5, max_overflow=0 if writer else 10)
+            sync = "FULL" if durability == "full" else "NORMAL"
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None      # we issue BEGIN ourselves
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute(f"PRAGMA synchronous={sync}")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: Connection) -> None:
+                # a write transaction takes the lock up front: no upgrade, no SQLITE_BUSY mid-way
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+            return engine
+        return create_engine(
+            url, pool_pre_ping=True, pool_recycle=1800, isolation_level="READ COMMITTED",
+            pool_size=1 if writer else 5, max_overflow=0 if writer else 10, pool_timeout=5,
+            connect_args={"connect_timeout": 3, "read_timeout": 5, "write_timeout": 5})
+
+    def create_schema(self) -> None:
+        """Create missing tables and record the schema version; safe when several daemons race."""
+        for attempt in range(3):
+            try:
+                with self.write_engine.begin() as conn:
+                    metadata.create_all(conn, checkfirst=True)
+                    have = conn.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
+                    if have is None:
+                        conn.execute(insert(meta).values(name="schema_version", value=str(SCHEMA_VERSION)))
+                    elif int(have) > SCHEMA_VERSION:
+                        raise DatabaseUnavailable(
+                            f"database schema version {have} is newer than this upq understands ({SCHEMA_VERSION})")
+                return
+            except SQLAlchemyError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def start(self) -> None:
+        self.writer.start()
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.read_engine.dispose()
+        self.write_engine.dispose()
+
+    # -- reads -------------------------------------------------------------
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with self.read_engine.connect() as conn:
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            self.log.warning("database read failed: %s", exc)
+            raise DatabaseUnavailable(describe(exc)) from exc
+
+    def get_job(self, jobid: int) -> JobRow | None:
+        def q(conn: Connection) -> JobRow | None:
+            r = conn.execute(select(jobs).where(jobs.c.jobid == jobid)).first()
+            return None if r is None else _row(r)
+        return self._read(q)
+
+    def list_jobs(self, state: str | None, limit: int) -> list[JobRow]:
+        def q(conn: Connection) -> list[JobRow]:
+            stmt = select(jobs).order_by(jobs.c.jobid.desc()).limit(limit)
+            if state == "new":
+                stmt = stmt.where(jobs.c.state.in_(("new", "held")))
+            elif state:
+                stmt = stmt.where(jobs.c.state == state)
+            return [_row(r) for r in conn.execute(stmt)]
+        return self._read(q)
+
+    def count_by_state(self) -> dict[str, dict[str, int]]:
+        """{jobname: {state: n}} over the whole table (index-only scan)."""
+        def q(conn: Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            stmt = select(jobs.c.jobname, jobs.c.state, func.count()).group_by(jobs.c.jobname, jobs.c.state)
+            for name, state, n in conn.execute(stmt):
+                state = "new" if state == "held" else state
+                per = out.setdefault(name, {})
+                per[state] = per.get(state, 0) + n
+            return out
+        return self._read(q)
+
+    # -- writes (all through the group-commit writer) -----------------------
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in a write transaction and wait for its commit."""
+        return self.writer.submit(fn).result()
+
+    def insert_job_async(self, jobname: str, params: dict[str, str], *, state: str = "new",
+                         node: str | None = None, parent: int | None = None,
+                         run_after: dt.datetime | None = None) -> "Future[int]":
+        """Store a job; the future holds its id once the transaction is committed."""
+        def op(conn: Connection) -> int:
+            now = utcnow()
+            running = state == "running"
+            res = conn.execute(insert(jobs).values(
+                jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
+                msg="", attempts=1 if running else 0, retries_used=0, created=now,
+                started=now if running else None, run_after=run_after,
+                node=node, parent=parent))
+            return int(res.inserted_primary_key[0])
+        return self.writer.submit(op)
+
+    def accept_held(self, jobid: int, params: dict[str, str], state: str, node: str) -> None:
+        """A job stored by enqueue_job() inside check() was accepted: release it."""
+        def op(conn: Connection) -> None:
+            values: dict[str, Any] = {"state": state, "params": json.dumps(params, ensure_ascii=False)}
+            if state == "running":
+                values.update(attempts=jobs.c.attempts + 1, started=utcnow(), node=node)
+            conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "held").values(**values))
+        self.write(op)
+
+    def delete_held(self, jobid: int) -> None:
+        """check() returned False after enqueue_job(): the job never existed for the client."""
+        self.write(lambda conn: conn.execute(
+            delete(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "held")))
+
+    def claim(self, jobname: str, limit: int, node: str) -> list[JobRow]:
+        """Atomically move up to `limit` due jobs new -> running for this node."""
+        def op(conn: Connection) -> list[JobRow]:
+            now = utcnow()
+            due = (jobs.c.run_after.is_(None)) | (jobs.c.run_after <= now)
+            ids = [r[0] for r in conn.execute(
+                select(jobs.c.jobid)
+                .where(jobs.c.jobname == jobname, jobs.c.state == "new", due)
+                .order_by(jobs.c.jobid).limit(limit)
+                .with_for_update(skip_locked=True))]
+            if not ids:
+                return []
+            conn.execute(update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == "new").values(
+                state="running", attempts=jobs.c.attempts + 1, started=now, finished=None, node=node))
+            rows = conn.execute(select(jobs).where(jobs.c.jobid.in_(ids)).order_by(jobs.c.jobid))
+            return [_row(r) for r in rows if r.state == "running" and r.node == node]
+        return self.write(op)
+
+    def record_outcome(self, row: JobRow, outcome: Outcome, node: str) -> bool:
+        """Write how a run ended; fenced so a stale run cannot overwrite a newer one."""
+        def op(conn: Connection) -> bool:
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.jobid == row.jobid, jobs.c.state == "running",
+                       jobs.c.attempts == row.attempts, jobs.c.node == node)
+                .values(state=outcome.state, msg=cap_msg(outcome.msg),
+                        result=encode_result(outcome.result), finished=utcnow()))
+            return res.rowcount == 1
+        return self.write(op)
+
+    def requeue_orphans(self, node: str) -> int:
+        """Jobs this node left running (crash, kill -9) go back to new; held ones were never ACKed."""
+        def op(conn: Connection) -> int:
+            conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == node))
+            res = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == node)
+                               .values(state="new"))
+            return res.rowcount
+        return self.write(op)
+
+
+class Writer:
+    """One thread, one connection: runs queued write operations in shared transactions."""
+
+    def __init__(self, engine: Engine, logger: logging.Logger):
+        self.engine = engine
+        self.log = logger
+        self.queue: "queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None]" = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join(timeout=10)
+
+    def submit(self, fn: Callable[[Connection], T]) -> "Future[T]":
+        fut: Future[T] = Future()
+        self.queue.put((fn, fut))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.queue.put(None)
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], "Future[Any]"]]) -> None:
+        for attempt in range(5):
+            try:
+                results = self._transaction([fn for fn, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the writer must never die
+                if _is_transient(exc) and attempt < 4:
+                    time.sleep(0.05 * 2 ** attempt)
+                    continue
+                if _is_connection_problem(exc) or len(batch) == 1:
+                    self.log.warning("database write failed (%d operations): %s", len(batch), exc)
+                    err = DatabaseUnavailable(describe(exc)) if isinstance(exc, SQLAlchemyError) else exc
+                    for _, fut in batch:
+                        fut.set_exception(err)
+                    return
+                # one bad operation must not sink the others: run each on its own
+                for pair in batch:
+                    self._run_batch([pair])
+                return
+            for (_, fut), res in zip(batch, results):
+                fut.set_result(res)
+            return
+
+    def _transaction(self, fns: Iterable[Callable[[Connection], Any]]) -> list[Any]:
+        with self.engine.begin() as conn:
+            return [fn(conn) for fn in fns]

@@ -1,0 +1,387 @@
+"""The socket server and its line protocol (README, "The socket protocol").
+
+One request is one UTF-8 line; each gets exactly one answer line, in order.
+Lines that arrive together are processed together: their submissions are
+stored in one group commit, and each ACK is written only after that commit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import select
+import socket
+import socketserver
+import threading
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from module_loader import JOB_NAME_RE, RESERVED_NAMES
+from upqdb import STATES, DatabaseUnavailable, JobRow
+from upqqueuemngr import Accepted, JobRejected, QueueManager, UnknownJob
+
+MAX_LINE = 64 * 1024
+MAX_ANSWER = 1024
+ANSWER_TIMEOUT = 9.0           # SPEC: every request is answered within 10 s, database or not
+MAX_PENDING = 1000             # submissions in flight per connection before answering
+LIST_DEFAULT, LIST_MAX = 100, 1000
+KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+TOO_LONG = object()            # marks a line that exceeded MAX_LINE
+JOB_STATES = tuple(s for s in STATES if s != "held")
+
+
+class BadRequest(Exception):
+    """The line cannot be understood; str() is the reason for the client."""
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    args: list[tuple[str, str | None]]   # (key, value); value None for a bare word
+
+    def params(self) -> dict[str, str]:
+        """Job parameters: a bare word is a key with an empty value; duplicates are refused."""
+        out: dict[str, str] = {}
+        for key, value in self.args:
+            if not key:
+                raise BadRequest(f"param without a key: {':' + (value or '')!r:.60}")
+            if not KEY_RE.match(key):
+                raise BadRequest(f"bad param name {key!r:.60}: use letters, digits, _ . -")
+            if key in out:
+                raise BadRequest(f"param {key!r} given twice")
+            out[key] = value or ""
+        return out
+
+
+def tokenize(line: str) -> list[tuple[str, int | None]]:
+    """Split on whitespace outside double quotes; each token with the index of its first unquoted ':' or '='."""
+    tokens: list[tuple[str, int | None]] = []
+    buf: list[str] = []
+    sep: int | None = None
+    in_token = quoted = False
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if quoted:
+            if c == "\\" and i + 1 < n and line[i + 1] in '"\\':
+                buf.append(line[i + 1])
+                i += 1
+            elif c == '"':
+                quoted = False
+            else:
+                buf.append(c)
+        elif c.isspace():
+            if in_token:
+                tokens.append(("".join(buf), sep))
+                buf, sep, in_token = [], None, False
+        else:
+            in_token = True
+            if c == '"':
+                quoted = True
+            else:
+                if c in ":=" and sep is None:
+                    sep = len(buf)
+                buf.append(c)
+        i += 1
+    if quoted:
+        raise BadRequest("unterminated double quote")
+    if in_token:
+        tokens.append(("".join(buf), sep))
+    return tokens
+
+
+def parse_request(line: str) -> Request:
+    """`<command> [key:value | key=value | "quoted value" | bare] ...`"""
+    tokens = tokenize(line)
+    if not tokens:
+        raise BadRequest("empty request (try 'help')")
+    command = tokens[0][0]
+    args = [(tok, None) if sep is None else (tok[:sep], tok[sep + 1:]) for tok, sep in tokens[1:]]
+    return Request(command, args)
+
+
+def clean(text: str) -> str:
+    """One safe answer line: no CR, LF or NUL, at most MAX_ANSWER bytes."""
+    text = text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    raw = text.encode("utf-8", "replace")
+    if len(raw) > MAX_ANSWER:
+        text = raw[:MAX_ANSWER].decode("utf-8", "ignore")
+    return text
+
+
+def ack(text: str = "") -> str:
+    return clean(f"ACK {text}" if text else "ACK")
+
+
+def err(text: str) -> str:
+    return clean(f"ERR {text}")
+
+
+def ack_json(kind: str, payload: Any) -> str:
+    return f"{kind} {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}"
+
+
+def _int_arg(text: str | None, what: str, low: int = 1, high: int = 2 ** 63 - 1) -> int:
+    if text is None or not text.isascii() or not text.isdigit():
+        raise BadRequest(f"{what} must be a whole number, got {text!r:.40}")
+    value = int(text)
+    if not low <= value <= high:
+        raise BadRequest(f"{what} must be between {low} and {high}")
+    return value
+
+
+class Protocol:
+    """Turns request lines into answer lines; one instance per daemon, shared by connections."""
+
+    def __init__(self, manager: QueueManager, node_info: dict[str, Any], logger: logging.Logger):
+        self.manager = manager
+        self.db = manager.db
+        self.node_info = node_info
+        self.log = logger
+        self.commands: dict[str, Callable[[Request, Callable[[], bool]], str]] = {
+            "ping": self.cmd_ping, "status": self.cmd_status, "wait": self.cmd_wait,
+            "list": self.cmd_list, "list_queue": self.cmd_list, "stats": self.cmd_stats,
+            "help": self.cmd_help,
+        }
+
+    def answer(self, line: str, gone: Callable[[], bool]) -> "str | Future[Accepted]":
+        """One request line -> an answer line, or a future for a submission still committing."""
+        try:
+            req = parse_request(line)
+            handler = self.commands.get(req.command)
+            if handler is not None:
+                return handler(req, gone)
+            if req.command in RESERVED_NAMES:
+                return err(f"{req.command}: not available on this connection")
+            if not JOB_NAME_RE.match(req.command):
+                raise BadRequest(f"invalid command name {req.command!r:.60}")
+            return self.manager.submit(req.command, req.params())
+        except (BadRequest, UnknownJob, JobRejected, DatabaseUnavailable) as exc:
+            return err(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad request must not end the connection
+            self.log.exception("request %r failed", line[:200])
+            return err(f"internal error: {type(exc).__name__}")
+
+    @staticmethod
+    def settle(item: "str | Future[Accepted]") -> str:
+        """The answer line for a submission once its commit is done (or failed)."""
+        if isinstance(item, str):
+            return item
+        try:
+            acc = item.result(timeout=ANSWER_TIMEOUT)
+        except FutureTimeout:
+            return err("database unavailable: no commit within 9 s; the job may or may not be stored")
+        except (DatabaseUnavailable, JobRejected, UnknownJob) as exc:
+            return err(str(exc))
+        if acc.ok:
+            return ack(f"{acc.jobid} {acc.msg}" if acc.msg else str(acc.jobid))
+        return err(f"{acc.jobid} failed: {acc.msg}")
+
+    # -- built-in commands -------------------------------------------------
+    def cmd_ping(self, req: Request, gone: Callable[[], bool]) -> str:
+        return ack("pong")
+
+    def _job(self, req: Request, usage: str) -> JobRow:
+        if not req.args or req.args[0][1] is not None:
+            raise BadRequest(f"usage: {usage}")
+        jobid = _int_arg(req.args[0][0], "jobid")
+        row = self.db.get_job(jobid)
+        if row is None:
+            raise UnknownJob(f"no job {jobid}")
+        return row
+
+    def cmd_status(self, req: Request, gone: Callable[[], bool]) -> str:
+        if len(req.args) != 1:
+            raise BadRequest("usage: status <jobid>")
+        return ack_json("ACK", self._job(req, "status <jobid>").to_json())
+
+    def cmd_wait(self, req: Request, gone: Callable[[], bool]) -> str:
+        usage = "wait <jobid> [timeout:<seconds>]"
+        row = self._job(req, usage)
+        timeout: float | None = None
+        for key, value in req.args[1:]:
+            if key != "timeout" or value is None:
+                raise BadRequest(f"usage: {usage}")
+            try:
+                timeout = float(value)
+            except ValueError:
+                raise BadRequest(f"timeout must be a number of seconds, got {value!r:.40}") from None
+            if not 0 <= timeout < 10 ** 7:
+                raise BadRequest("timeout must be between 0 and 10000000 seconds")
+        final = row if row.is_final else self.manager.wait(row.jobid, timeout, gone)
+        if final is None:
+            return err(f"timeout: job {row.jobid} has not ended")
+        return ack_json("ACK" if final.state == "done" else "ERR", final.to_json())
+
+    def cmd_list(self, req: Request, gone: Callable[[], bool]) -> str:
+        state, limit = None, LIST_DEFAULT
+        for key, value in req.args:
+            if value is None and key in JOB_STATES and state is None:
+                state = key
+            elif key == "limit" and value is not None:
+                limit = _int_arg(value, "limit", 1, LIST_MAX)
+            else:
+                raise BadRequest(f"usage: list [{'|'.join(JOB_STATES)}] [limit:<1..{LIST_MAX}>]")
+        return ack_json("ACK", [row.to_json() for row in self.db.list_jobs(state, limit)])
+
+    def cmd_stats(self, req: Request, gone: Callable[[], bool]) -> str:
+        return ack_json("ACK", {"jobs": self.manager.stats(), "nodes": [self.node_info]})
+
+    def cmd_help(self, req: Request, gone: Callable[[], bool]) -> str:
+        return ack_json("ACK", {
+            "commands": {
+                "<job> [key:value ...]": "submit a job; answers ACK <jobid> [msg]",
+                "ping": "ACK pong", "status <jobid>": "the job as JSON",
+                "wait <jobid> [timeout:<seconds>]": "block until the job has ended",
+                "list [state] [limit:<n>]": "newest jobs first (list_queue is the old name)",
+                "stats": "counts per job type and state", "help": "this text"},
+            "jobs": {name: {"concurrent": jt.config.concurrent}
+                     for name, jt in sorted(self.manager.types.items())}})
+
+
+class LineHandler(socketserver.BaseRequestHandler):
+    """Reads lines, answers each in order; pipelined submissions share a commit."""
+
+    server: "UpqUnixServer"
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(self.server.idle_timeout)
+        buf = bytearray()
+        skipping = False            # inside an over-long line: drop bytes up to the next \n
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (socket.timeout, OSError):
+                return
+            if not data:
+                return
+            buf += data
+            lines: list[Any] = []
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    break
+                if skipping:
+                    skipping = False
+                else:
+                    lines.append(TOO_LONG if nl > MAX_LINE else bytes(buf[:nl]))
+                del buf[:nl + 1]
+            if len(buf) > MAX_LINE:
+                if not skipping:
+                    lines.append(TOO_LONG)
+                    skipping = True
+                buf.clear()
+            elif skipping:
+                buf.clear()
+            if lines and not self._answer(sock, lines):
+                return
+
+    def _answer(self, sock: socket.socket, lines: list[Any]) -> bool:
+        protocol = self.server.protocol
+        out: list[Any] = []
+        for raw in lines:
+            try:
+                item = protocol.answer(decode_line(raw), self._gone)
+            except BadRequest as exc:
+                item = err(str(exc))
+            if isinstance(item, Future):
+                out.append(item)
+                if len(out) >= MAX_PENDING and not self._send(sock, out):
+                    return False
+            else:
+                if any(isinstance(o, Future) for o in out) and not self._send(sock, out):
+                    return False
+                out.append(item)
+        return self._send(sock, out)
+
+    def _send(self, sock: socket.socket, out: list[Any]) -> bool:
+        payload = "".join(Protocol.settle(item) + "\n" for item in out).encode("utf-8")
+        out.clear()
+        try:
+            sock.sendall(payload)
+        except OSError:
+            return False
+        return True
+
+    def _gone(self) -> bool:
+        """Has the client hung up? (checked while `wait` blocks)"""
+        sock: socket.socket = self.request
+        try:
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+
+def decode_line(raw: Any) -> str:
+    """A framed request as text; BadRequest when it cannot be one."""
+    if raw is TOO_LONG:
+        raise BadRequest(f"line longer than {MAX_LINE} bytes; not stored")
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if b"\0" in raw:
+        raise BadRequest("NUL byte in request")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request is not valid UTF-8") from None
+
+
+class UpqUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A thread per connection, capped at max_connections."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, path: str, protocol: Protocol, *, max_connections: int,
+                 idle_timeout: float, socket_mode: int, logger: logging.Logger):
+        self.protocol = protocol
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.log = logger
+        self.path = path
+        self._active = 0
+        self._active_lock = threading.Lock()
+        super().__init__(path, LineHandler)
+        os.chmod(path, socket_mode)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._active_lock:
+            busy = self._active >= self.max_connections
+            if not busy:
+                self._active += 1
+        if busy:
+            try:
+                request.sendall(b"ERR busy: too many connections, try again later\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.log.exception("connection handler failed")
+
+
+def socket_in_use(path: str) -> bool:
+    """True if a live daemon answers on this socket file; a stale file is not in use."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
