@@ -6,12 +6,14 @@ holds at most one claimed job per idle worker however long the backlog is.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import time
 from concurrent.futures import Future
+from typing import Callable
 
-from upqdb import Database, DatabaseUnavailable, JobRow, Outcome
+from upqdb import Database, DatabaseUnavailable, JobRow, Outcome, RetryPolicy, utcnow
 
 
 class QueueStopped(Exception):
@@ -33,12 +35,19 @@ class DBQueue(queue.Queue):
         self._claiming = False
         self._waiting = 0
         self._stopped = False
+        self._next_due = float("inf")   # monotonic time a known delayed job becomes due
+        self.held_back: set[int] = set()  # jobs whose timed-out run is still alive here
 
     # -- producer side -----------------------------------------------------
-    def put_async(self, params: dict[str, str], parent: int | None = None) -> "Future[int]":
+    def put_async(self, params: dict[str, str], parent: int | None = None,
+                  delay: float | None = None) -> "Future[int]":
         """Store a job; the future resolves to its id after commit, then a worker is woken."""
-        fut = self.db.insert_job_async(self.jobname, params, parent=parent)
-        fut.add_done_callback(lambda _f: self.wake())
+        run_after = None if delay is None else utcnow() + dt.timedelta(seconds=delay)
+        fut = self.db.insert_job_async(self.jobname, params, parent=parent, run_after=run_after)
+        if delay:
+            self.wake_at(time.monotonic() + delay)
+        else:
+            fut.add_done_callback(lambda _f: self.wake())
         return fut
 
     def put(self, params: dict[str, str], block: bool = True, timeout: float | None = None) -> int:  # type: ignore[override]
@@ -51,20 +60,33 @@ class DBQueue(queue.Queue):
             self._generation += 1
             self.not_empty.notify()
 
+    def wake_at(self, when: float) -> None:
+        """A delayed job becomes due at monotonic time `when`: look then, not a poll later."""
+        with self.mutex:
+            if when < self._next_due:
+                self._next_due = when
+                self.not_empty.notify()
+
+    def kick(self) -> None:
+        """Wake every waiting worker (one may have to retire)."""
+        with self.mutex:
+            self.not_empty.notify_all()
+
     # -- consumer side -----------------------------------------------------
-    def get(self, block: bool = True, timeout: float | None = None) -> JobRow:  # type: ignore[override]
-        """Return a job this node has claimed; raises QueueStopped at shutdown."""
+    def get(self, block: bool = True, timeout: float | None = None,  # type: ignore[override]
+            leave: Callable[[], bool] = lambda: False) -> JobRow:
+        """Return a job this node has claimed; QueueStopped at shutdown or when leave() says so."""
         with self.mutex:
             self._waiting += 1
             try:
-                return self._get_locked()
+                return self._get_locked(leave)
             finally:
                 self._waiting -= 1
 
-    def _get_locked(self) -> JobRow:
+    def _get_locked(self, leave: Callable[[], bool]) -> JobRow:
         backoff = 0.0
         while True:
-            if self._stopped:
+            if self._stopped or leave():
                 raise QueueStopped(self.jobname)
             if self._qsize():
                 return self._get()
@@ -81,14 +103,18 @@ class DBQueue(queue.Queue):
                     backoff = min(5.0, max(0.2, backoff * 2))
                 elif self._generation != generation:
                     continue
-            self.not_empty.wait(backoff or self.poll_interval)
+            now = time.monotonic()
+            if self._next_due <= now:
+                self._next_due = float("inf")
+                continue
+            self.not_empty.wait(backoff or min(self.poll_interval, self._next_due - now))
 
     def _claim_unlocked(self, want: int) -> tuple[list[JobRow], bool]:
         """Claim with the mutex released so submissions are not blocked meanwhile."""
         self._claiming = True
         self.mutex.release()
         try:
-            return self.db.claim(self.jobname, max(1, want), self.node), False
+            return self.db.claim(self.jobname, max(1, want), self.node, tuple(self.held_back)), False
         except DatabaseUnavailable as exc:
             self.log.warning("claiming %s jobs failed: %s", self.jobname, exc)
             return [], True
@@ -96,21 +122,27 @@ class DBQueue(queue.Queue):
             self.mutex.acquire()
             self._claiming = False
 
-    def task_done(self, row: JobRow, outcome: Outcome, stopping: "callable[[], bool]" = lambda: False) -> bool:  # type: ignore[override]
-        """Record a run's outcome, retrying through a database outage; False if it was stale."""
+    def task_done(self, row: JobRow, outcome: Outcome, policy: RetryPolicy,  # type: ignore[override]
+                  stopping: Callable[[], bool] = lambda: False) -> JobRow | None:
+        """Record a run's outcome, retrying through a database outage; None if it was stale."""
         delay = 0.2
         while True:
             try:
-                return self.db.record_outcome(row, outcome, self.node)
+                stored = self.db.record_outcome(row, outcome, self.node, policy)
+                break
             except DatabaseUnavailable as exc:
                 if stopping():
                     self.log.warning("job %d: outcome not recorded before shutdown (%s); it will run again",
                                      row.jobid, exc)
-                    return False
+                    return None
                 self.log.warning("job %d: recording outcome failed, retrying in %.1fs: %s",
                                  row.jobid, delay, exc)
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
+        if stored is not None and stored.state == "new" and stored.run_after is not None:
+            wait = (stored.run_after - utcnow()).total_seconds()
+            self.wake_at(time.monotonic() + max(0.0, wait))
+        return stored
 
     def stop(self) -> list[JobRow]:
         """Wake every worker to leave; returns claimed jobs that never started."""

@@ -56,10 +56,12 @@ jobs = Table(
     Column("run_after", _Time, nullable=True),
     Column("node", String(255), nullable=True),
     Column("parent", BigInteger, nullable=True),
+    Column("cancel_requested", Integer, nullable=False, default=0),
     # claim order and per-type counts (stats) are both served by this index
     Index("ix_upq_jobs_claim", "jobname", "state", "jobid"),
     # list by state, orphan recovery
     Index("ix_upq_jobs_state", "state", "node", "jobid"),
+    Index("ix_upq_jobs_parent", "parent"),
 )
 
 meta = Table(
@@ -106,13 +108,32 @@ class JobRow:
             "run_after": iso(self.run_after), "node": self.node, "parent": self.parent,
         }
 
+    @property
+    def wait_answer(self) -> str:
+        """`wait` answers ACK only for done."""
+        return "ACK" if self.state == "done" else "ERR"
+
 
 @dataclass(frozen=True)
 class Outcome:
     """How one run ended."""
-    state: str          # done | failed | cancelled
+    state: str                  # done | failed | cancelled | retry (the job asked to run again)
     msg: str = ""
     result: Any = None
+    delay: float = 0.0          # retry only: seconds before the next attempt
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A job type's retries: failed attempt k (1-based) waits delay * 2**(k-1) seconds."""
+    retries: int = 0
+    delay: float = 30.0
+
+    def next_delay(self, retries_used: int) -> float | None:
+        """Seconds until the next try, or None when the budget is spent."""
+        if retries_used >= self.retries:
+            return None
+        return self.delay * 2 ** retries_used
 
 
 def utcnow() -> dt.datetime:
@@ -249,6 +270,15 @@ class Database:
             return None if r is None else _row(r)
         return self._read(q)
 
+    def children(self, jobid: int) -> list[dict[str, Any]]:
+        """The jobs this one submitted, for `status`."""
+        def q(conn: Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(select(jobs.c.jobid, jobs.c.jobname, jobs.c.state)
+                                .where(jobs.c.parent == jobid).order_by(jobs.c.jobid).limit(1000))
+            return [{"jobid": int(r.jobid), "jobname": r.jobname,
+                     "state": "new" if r.state == "held" else r.state} for r in rows]
+        return self._read(q)
+
     def list_jobs(self, state: str | None, limit: int) -> list[JobRow]:
         def q(conn: Connection) -> list[JobRow]:
             stmt = select(jobs).order_by(jobs.c.jobid.desc()).limit(limit)
@@ -291,10 +321,12 @@ class Database:
             return int(res.inserted_primary_key[0])
         return self.writer.submit(op)
 
-    def accept_held(self, jobid: int, params: dict[str, str], state: str, node: str) -> None:
+    def accept_held(self, jobid: int, params: dict[str, str], state: str, node: str,
+                    run_after: dt.datetime | None = None) -> None:
         """A job stored by enqueue_job() inside check() was accepted: release it."""
         def op(conn: Connection) -> None:
-            values: dict[str, Any] = {"state": state, "params": json.dumps(params, ensure_ascii=False)}
+            values: dict[str, Any] = {"state": state, "params": json.dumps(params, ensure_ascii=False),
+                                      "run_after": run_after}
             if state == "running":
                 values.update(attempts=jobs.c.attempts + 1, started=utcnow(), node=node)
             conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "held").values(**values))
@@ -305,34 +337,80 @@ class Database:
         self.write(lambda conn: conn.execute(
             delete(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "held")))
 
-    def claim(self, jobname: str, limit: int, node: str) -> list[JobRow]:
+    def claim(self, jobname: str, limit: int, node: str, exclude: Iterable[int] = ()) -> list[JobRow]:
         """Atomically move up to `limit` due jobs new -> running for this node."""
+        skip = tuple(exclude)
         def op(conn: Connection) -> list[JobRow]:
             now = utcnow()
             due = (jobs.c.run_after.is_(None)) | (jobs.c.run_after <= now)
+            cond = [jobs.c.jobname == jobname, jobs.c.state == "new", due]
+            if skip:
+                cond.append(jobs.c.jobid.not_in(skip))
             ids = [r[0] for r in conn.execute(
                 select(jobs.c.jobid)
-                .where(jobs.c.jobname == jobname, jobs.c.state == "new", due)
+                .where(*cond)
                 .order_by(jobs.c.jobid).limit(limit)
                 .with_for_update(skip_locked=True))]
             if not ids:
                 return []
             conn.execute(update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == "new").values(
-                state="running", attempts=jobs.c.attempts + 1, started=now, finished=None, node=node))
+                state="running", attempts=jobs.c.attempts + 1, started=now, finished=None, node=node,
+                cancel_requested=0))
             rows = conn.execute(select(jobs).where(jobs.c.jobid.in_(ids)).order_by(jobs.c.jobid))
             return [_row(r) for r in rows if r.state == "running" and r.node == node]
         return self.write(op)
 
-    def record_outcome(self, row: JobRow, outcome: Outcome, node: str) -> bool:
-        """Write how a run ended; fenced so a stale run cannot overwrite a newer one."""
-        def op(conn: Connection) -> bool:
-            res = conn.execute(
-                update(jobs)
-                .where(jobs.c.jobid == row.jobid, jobs.c.state == "running",
-                       jobs.c.attempts == row.attempts, jobs.c.node == node)
-                .values(state=outcome.state, msg=cap_msg(outcome.msg),
-                        result=encode_result(outcome.result), finished=utcnow()))
-            return res.rowcount == 1
+    def record_outcome(self, row: JobRow, outcome: Outcome, node: str,
+                       policy: RetryPolicy = RetryPolicy()) -> JobRow | None:
+        """Write how a run ended (re-queueing it when a retry is due); fenced so a stale
+        run cannot overwrite a newer one. Returns the stored row, None if fenced out."""
+        def op(conn: Connection) -> JobRow | None:
+            fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
+                     jobs.c.attempts == row.attempts, jobs.c.node == node)
+            cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
+            if cur is None:
+                return None
+            now = utcnow()
+            values: dict[str, Any] = {"msg": cap_msg(outcome.msg), "result": encode_result(outcome.result),
+                                      "state": outcome.state, "finished": now}
+            delay = policy.next_delay(cur.retries_used) if outcome.state == "failed" else None
+            if cur.cancel_requested:
+                values["state"] = "cancelled"
+            elif outcome.state == "retry":
+                values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=outcome.delay))
+            elif delay is not None:
+                values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=delay),
+                              retries_used=cur.retries_used + 1)
+            conn.execute(update(jobs).where(*fence).values(**values))
+            return _row(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
+        return self.write(op)
+
+    def cancel(self, jobid: int) -> tuple[str, JobRow] | None:
+        """A queued job is cancelled at once, a running one flagged; returns (state before, row)."""
+        def op(conn: Connection) -> tuple[str, JobRow] | None:
+            before = conn.execute(select(jobs.c.state).where(jobs.c.jobid == jobid)).scalar()
+            if before is None:
+                return None
+            if before in ("new", "held"):
+                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == before)
+                             .values(state="cancelled", finished=utcnow(), msg="cancelled before it ran"))
+            elif before == "running":
+                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "running")
+                             .values(cancel_requested=1))
+            return before, _row(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
+        return self.write(op)
+
+    def retry(self, jobid: int) -> tuple[str, JobRow] | None:
+        """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
+        def op(conn: Connection) -> tuple[str, JobRow] | None:
+            before = conn.execute(select(jobs.c.state).where(jobs.c.jobid == jobid)).scalar()
+            if before is None:
+                return None
+            if before in ("failed", "cancelled"):
+                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == before)
+                             .values(state="new", run_after=None, finished=None, retries_used=0,
+                                     cancel_requested=0))
+            return before, _row(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
 
     def requeue_orphans(self, node: str) -> int:

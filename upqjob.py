@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Returned by run() (via UpqJob.retry) to be run again later; not a failure."""
+    msg: str
+    delay: float | None     # None: the type's retry_delay
 
 
 class JobHost(Protocol):
@@ -60,6 +68,10 @@ class UpqJob:
         if self._host is None:
             raise RuntimeError("this job is not attached to a running upq")
         return self._host.submit_child(self, jobname, params or {})
+
+    def retry(self, msg: str = "", delay: float | None = None) -> Retry:
+        """`return self.retry("mirror busy", delay=60)`: run again later, without using up `retries`."""
+        return Retry(msg, delay)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.jobname} #{self.jobid}>"

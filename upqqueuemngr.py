@@ -2,21 +2,24 @@
 
 It turns a request into a stored job (running the job's `check()`), executes
 claimed jobs on worker threads, records outcomes, and tells waiters when a
-job ends.
+job ends. Policies: a run past `timeout` fails at once and its thread is
+abandoned (Python cannot kill it); a run waiting on a child lends its slot.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from dbqueue import DBQueue, QueueStopped
 from parseconfig import Config, JobConfig
-from upqdb import Database, JobRow, Outcome
-from upqjob import UpqJob
+from upqdb import STATES_FINAL, Database, JobRow, Outcome, RetryPolicy, utcnow
+from upqjob import Retry, UpqJob
 
 
 class UnknownJob(Exception):
@@ -37,12 +40,23 @@ class Accepted:
 
 @dataclass
 class JobType:
-    """What the manager keeps per enabled job type."""
+    """What the manager keeps per enabled job type; counters change under the manager's lock."""
     config: JobConfig
     cls: type[UpqJob]
     queue: DBQueue | None = None                  # None when concurrent = 0 (inline)
-    workers: list[threading.Thread] = field(default_factory=list)
+    live: int = 0                                 # worker threads alive
+    lent: int = 0                                 # runs waiting on a child: extra workers allowed
+    abandoned: int = 0                            # timed-out runs whose thread is still alive
     running: int = 0
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.config.retries, self.config.retry_delay)
 
 
 class Completions:
@@ -72,6 +86,29 @@ class Completions:
                 ev.set()
 
 
+class ChildFinished(threading.Event):
+    """`child.finished` of a sub-job: waiting on it lends the parent's worker slot."""
+
+    def __init__(self, manager: "QueueManager", child: UpqJob, lender: JobType | None):
+        super().__init__()
+        self._manager = manager
+        self._child = child
+        self._lender = lender
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        assert self._child.jobid is not None
+        with self._manager.lending(self._lender):
+            row = self._manager.wait(self._child.jobid, timeout, lambda: False)
+        if row is None:
+            return False
+        self._child.msg, self._child.result = row.msg, row.result
+        self._child.state = row.state  # type: ignore[attr-defined]
+        self.set()
+        return True
+
+
 def run_job(job: UpqJob, log: logging.Logger) -> Outcome:
     """Call job.run() and turn every way it can end into an Outcome; never raises."""
     try:
@@ -85,6 +122,9 @@ def run_job(job: UpqJob, log: logging.Logger) -> Outcome:
         return Outcome("done", job.msg, job.result)
     if ok is False:
         return Outcome("failed", job.msg or "run() returned False", job.result)
+    if isinstance(ok, Retry):
+        return Outcome("retry", ok.msg or job.msg or "asked to run again", job.result,
+                       delay=-1.0 if ok.delay is None else max(0.0, float(ok.delay)))
     return Outcome("failed", f"run() returned {type(ok).__name__} {ok!r:.80}, not True or False", job.result)
 
 
@@ -101,8 +141,9 @@ class QueueManager:
         self.types: dict[str, JobType] = {
             name: JobType(config=cfg, cls=job_classes[name])
             for name, cfg in config.enabled_jobs().items()}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._stopping = threading.Event()
+        self._running: dict[int, UpqJob] = {}     # jobid -> job running here (for cancel)
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
@@ -113,22 +154,23 @@ class QueueManager:
             jt.queue = DBQueue(self.db, name, self.node, self.log,
                                poll_interval=self.config.server.poll_interval,
                                maxsize=max(1, jt.config.concurrent))
-            for i in range(jt.config.concurrent):
-                t = threading.Thread(target=self._work, args=(jt,), name=f"{name}-{i + 1}", daemon=True)
-                jt.workers.append(t)
-                t.start()
+            with self._lock:
+                for _ in range(jt.config.concurrent):
+                    self._spawn_worker(jt)
 
     def stop(self, grace: float) -> bool:
         """Stop starting jobs; wait up to `grace` seconds for running ones. True if all ended."""
         self._stopping.set()
+        with self._lock:
+            self._lock.notify_all()
         for jt in self.types.values():
             if jt.queue is not None:
                 jt.queue.stop()
         deadline = time.monotonic() + grace
         for jt in self.types.values():
-            for t in jt.workers:
+            for t in list(jt.threads):
                 t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for jt in self.types.values() for t in jt.workers)
+        return not any(t.is_alive() for jt in self.types.values() for t in jt.threads)
 
     @property
     def stopping(self) -> bool:
@@ -141,39 +183,58 @@ class QueueManager:
             raise UnknownJob(f"unknown job type {name!r} (see 'help' for the enabled ones)")
         return jt
 
-    def submit(self, name: str, params: dict[str, str]) -> "Future[Accepted]":
+    def submit(self, name: str, params: dict[str, str], delay: float | None = None) -> "Future[Accepted]":
         """Check and store a job; the future resolves after commit (and after the run, inline)."""
         jt = self.job_type(name)
         job = self._instantiate(jt, params)
+        self._check(job)
+        return self._store(jt, job, delay=delay)
+
+    def submit_child(self, parent: UpqJob, jobname: str, params: Mapping[str, str]) -> UpqJob:
+        """A job started by another job (UpqJob.submit): stored with its parent, queued, returned."""
+        jt = self.job_type(jobname)
+        child = self._instantiate(jt, dict(params))
+        self._check(child)
+        child.finished = ChildFinished(self, child, self.types.get(parent.jobname))
+        acc = self._store(jt, child, parent=parent.jobid).result()
+        child.jobid = acc.jobid
+        return child
+
+    def enqueue_from_check(self, job: UpqJob) -> int:
+        """Called by UpqJob.enqueue_job(): store now, accept once check() returns True."""
+        return self.db.insert_job_async(job.jobname, dict(job.jobdata), state="held", node=self.node).result()
+
+    def _check(self, job: UpqJob) -> None:
+        """Run check(); any refusal or error becomes JobRejected (and a held row is dropped)."""
         try:
             accepted = job.check()
         except SystemExit as exc:
             self._drop_held(job)
             raise JobRejected(f"check() called sys.exit({exc.code!r})") from exc
         except Exception as exc:  # noqa: BLE001 - a job's bug becomes the client's ERR
-            self.log.exception("job %s: check() raised", name)
+            self.log.exception("job %s: check() raised", job.jobname)
             self._drop_held(job)
             raise JobRejected(f"check() raised {type(exc).__name__}: {exc}") from exc
         if accepted is not True:
             self._drop_held(job)
             raise JobRejected(job.msg or ("check() refused the job" if accepted is False else
                                           f"check() returned {type(accepted).__name__}, not True or False"))
+
+    def _store(self, jt: JobType, job: UpqJob, *, parent: int | None = None,
+               delay: float | None = None) -> "Future[Accepted]":
         if jt.queue is None:
-            return _resolved(self._run_inline(jt, job))
+            if delay:
+                self._drop_held(job)
+                raise JobRejected(f"job type {jt.name!r} runs inline (concurrent = 0): it cannot be delayed")
+            return _resolved(self._run_inline(jt, job, parent))
         if job.jobid is not None:           # 2011 style: check() called enqueue_job()
-            self.db.accept_held(job.jobid, job.jobdata, "new", self.node)
-            jt.queue.wake()
+            run_after = None if not delay else utcnow() + dt.timedelta(seconds=delay)
+            self.db.accept_held(job.jobid, job.jobdata, "new", self.node, run_after)
+            jt.queue.wake_at(time.monotonic() + (delay or 0))
             return _resolved(Accepted(job.jobid, job.msg))
         msg = job.msg
-        return _chain(jt.queue.put_async(dict(job.jobdata)), lambda jobid: Accepted(jobid, msg))
-
-    def enqueue_from_check(self, job: UpqJob) -> int:
-        """Called by UpqJob.enqueue_job(): store now, accept once check() returns True."""
-        return self.db.insert_job_async(job.jobname, dict(job.jobdata), state="held", node=self.node).result()
-
-    def submit_child(self, parent: UpqJob, jobname: str, params: Mapping[str, str]) -> UpqJob:
-        """A job started by another job (see UpqJob.submit)."""
-        raise NotImplementedError("sub-jobs arrive with the job lifecycle work")
+        return _chain(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay),
+                      lambda jobid: Accepted(jobid, msg))
 
     def _drop_held(self, job: UpqJob) -> None:
         if job.jobid is not None:
@@ -182,34 +243,57 @@ class QueueManager:
 
     def _instantiate(self, jt: JobType, params: dict[str, str], row: JobRow | None = None) -> UpqJob:
         try:
-            job = jt.cls(jt.config.name, jt.config.options, params, self.config.paths.extra,
-                         host=self, logger=self.log.getChild(f"job.{jt.config.name}"),
+            job = jt.cls(jt.name, jt.config.options, params, self.config.paths.extra,
+                         host=self, logger=self.log.getChild(f"job.{jt.name}"),
                          jobid=None if row is None else row.jobid,
                          attempt=0 if row is None else row.attempts)
         except Exception as exc:  # noqa: BLE001
-            self.log.exception("job %s: constructor raised", jt.config.name)
+            self.log.exception("job %s: constructor raised", jt.name)
             raise JobRejected(f"{jt.cls.__name__}() raised {type(exc).__name__}: {exc}") from exc
         return job
 
-    def _run_inline(self, jt: JobType, job: UpqJob) -> Accepted:
-        """concurrent = 0: run in the connection's thread, answer with the outcome."""
+    def _run_inline(self, jt: JobType, job: UpqJob, parent: int | None) -> Accepted:
+        """concurrent = 0: run in the caller's thread, answer with the outcome."""
         if job.jobid is not None:
             self.db.accept_held(job.jobid, job.jobdata, "running", self.node)
         else:
-            job.jobid = self.db.insert_job_async(jt.config.name, dict(job.jobdata), state="running",
-                                                 node=self.node).result()
+            job.jobid = self.db.insert_job_async(jt.name, dict(job.jobdata), state="running",
+                                                 node=self.node, parent=parent).result()
         row = self.db.get_job(job.jobid)
         assert row is not None
         job.attempt = row.attempts
-        outcome = self._execute(jt, job, row)
-        return Accepted(row.jobid, outcome.msg, ok=outcome.state == "done")
+        stored = self._execute(jt, job, row)
+        return Accepted(row.jobid, stored.msg if stored else job.msg,
+                        ok=stored is not None and stored.state == "done")
 
-    # -- execution ---------------------------------------------------------
+    # -- workers -----------------------------------------------------------
+    def _spawn_worker(self, jt: JobType) -> None:
+        """Start one worker thread for jt; caller holds self._lock."""
+        jt.live += 1
+        t = threading.Thread(target=self._work, args=(jt,), name=f"{jt.name}-{len(jt.threads) + 1}",
+                             daemon=True)
+        jt.threads = [x for x in jt.threads if x.is_alive()] + [t]
+        t.start()
+
+    def _try_retire(self, jt: JobType) -> bool:
+        """An extra worker (its lender resumed) leaves; True if the caller should exit."""
+        with self._lock:
+            if jt.live > jt.config.concurrent + jt.lent:
+                jt.live -= 1
+                return True
+            return False
+
     def _work(self, jt: JobType) -> None:
         assert jt.queue is not None
-        while True:
+        while not self.stopping:
+            with self._lock:
+                if jt.abandoned >= jt.config.concurrent:
+                    self.log.warning("job type %s: %d timed-out run(s) still alive; not starting more "
+                                     "until one ends", jt.name, jt.abandoned)
+                while jt.abandoned >= jt.config.concurrent and not self.stopping:
+                    self._lock.wait(1.0)
             try:
-                row = jt.queue.get()
+                row = jt.queue.get(leave=lambda: self._try_retire(jt))
             except QueueStopped:
                 return
             try:
@@ -218,33 +302,124 @@ class QueueManager:
                 self._finish(jt, row, Outcome("failed", str(exc)), None)
                 continue
             self._execute(jt, job, row)
+            if self._try_retire(jt):
+                return
+        with self._lock:
+            jt.live -= 1
 
-    def _execute(self, jt: JobType, job: UpqJob, row: JobRow) -> Outcome:
+    @contextlib.contextmanager
+    def lending(self, jt: JobType | None) -> Iterator[None]:
+        """While a run waits on a child, its type may run one more job (no deadlock at concurrent = 1)."""
+        if jt is None or jt.queue is None:
+            yield
+            return
+        with self._lock:
+            jt.lent += 1
+            if jt.live < jt.config.concurrent + jt.lent and not self.stopping:
+                self._spawn_worker(jt)
+        try:
+            yield
+        finally:
+            with self._lock:
+                jt.lent -= 1
+            jt.queue.kick()
+
+    def _execute(self, jt: JobType, job: UpqJob, row: JobRow) -> JobRow | None:
         with self._lock:
             jt.running += 1
+            self._running[row.jobid] = job
         try:
-            outcome = run_job(job, self.log)
+            outcome = self._run_bounded(jt, job, row)
         finally:
             with self._lock:
                 jt.running -= 1
-        self._finish(jt, row, outcome, job)
-        return outcome
+                self._running.pop(row.jobid, None)
+        if outcome.state == "retry" and outcome.delay < 0:
+            outcome = Outcome("retry", outcome.msg, outcome.result, jt.config.retry_delay)
+        return self._finish(jt, row, outcome, job)
 
-    def _finish(self, jt: JobType, row: JobRow, outcome: Outcome, job: UpqJob | None) -> None:
+    def _run_bounded(self, jt: JobType, job: UpqJob, row: JobRow) -> Outcome:
+        """run() with the type's timeout: past it the job fails and its thread is left to end alone."""
+        timeout = jt.config.timeout
+        if timeout is None:
+            return run_job(job, self.log)
+        box: list[Outcome] = []
+        t = threading.Thread(target=lambda: box.append(run_job(job, self.log)),
+                             name=f"{jt.name}-run-{row.jobid}", daemon=True)
+        t.start()
+        t.join(timeout)
+        if not t.is_alive():
+            return box[0]
+        job.cancelled = True            # a cooperative job may notice and stop
+        with self._lock:
+            jt.abandoned += 1
         if jt.queue is not None:
-            recorded = jt.queue.task_done(row, outcome, lambda: self.stopping)
+            jt.queue.held_back.add(row.jobid)
+        self.log.warning("job %s #%d: timed out after %gs; its thread keeps running, its result "
+                         "will be discarded", jt.name, row.jobid, timeout)
+        threading.Thread(target=self._reap, args=(jt, t, row.jobid), name=f"reap-{row.jobid}",
+                         daemon=True).start()
+        return Outcome("failed", f"timeout: run() took longer than {timeout:g} s", None)
+
+    def _reap(self, jt: JobType, t: threading.Thread, jobid: int) -> None:
+        t.join()
+        self.log.info("job %s #%d: the timed-out run has ended; its result was discarded", jt.name, jobid)
+        with self._lock:
+            jt.abandoned -= 1
+            self._lock.notify_all()
+        if jt.queue is not None:
+            jt.queue.held_back.discard(jobid)
+            jt.queue.wake()
+
+    def _finish(self, jt: JobType, row: JobRow, outcome: Outcome, job: UpqJob | None) -> JobRow | None:
+        if jt.queue is not None:
+            stored = jt.queue.task_done(row, outcome, jt.policy, lambda: self.stopping)
         else:
-            recorded = self.db.record_outcome(row, outcome, self.node)
-        if not recorded:
+            stored = self.db.record_outcome(row, outcome, self.node, jt.policy)
+        if stored is None:
             self.log.warning("job %d: outcome %s discarded (the job was taken over)", row.jobid, outcome.state)
+        elif stored.state == "new":
+            self.log.info("job %s #%d attempt %d: %s; runs again after %s", row.jobname, row.jobid,
+                          row.attempts, outcome.msg, stored.run_after)
         else:
-            self.log.log(logging.INFO if outcome.state == "done" else logging.WARNING,
-                         "job %s #%d %s: %s", row.jobname, row.jobid, outcome.state, outcome.msg)
-        if job is not None:
+            self.log.log(logging.INFO if stored.state == "done" else logging.WARNING,
+                         "job %s #%d %s: %s", row.jobname, row.jobid, stored.state, stored.msg)
+        if job is not None and stored is not None and stored.is_final and not isinstance(job.finished, ChildFinished):
             job.finished.set()
         self.completions.notify(row.jobid)
+        return stored
 
-    # -- queries -----------------------------------------------------------
+    # -- commands ----------------------------------------------------------
+    def cancel(self, jobid: int) -> JobRow:
+        """`cancel`: a queued job never runs; a running one sees job.cancelled."""
+        res = self.db.cancel(jobid)
+        if res is None:
+            raise UnknownJob(f"no job {jobid}")
+        before, row = res
+        if before in STATES_FINAL:
+            raise JobRejected(f"job {jobid} has already ended ({before}); nothing to cancel")
+        if row.state == "running":
+            with self._lock:
+                job = self._running.get(jobid)
+            if job is not None:
+                job.cancelled = True
+        self.completions.notify(jobid)
+        return row
+
+    def retry(self, jobid: int) -> JobRow:
+        """`retry`: queue a failed or cancelled job again."""
+        res = self.db.retry(jobid)
+        if res is None:
+            raise UnknownJob(f"no job {jobid}")
+        before, row = res
+        if before not in ("failed", "cancelled"):
+            raise JobRejected(f"job {jobid} is {'new' if before == 'held' else before}; "
+                              "only failed or cancelled jobs can be retried")
+        jt = self.types.get(row.jobname)
+        if jt is not None and jt.queue is not None:
+            jt.queue.wake()
+        return row
+
     def wait(self, jobid: int, timeout: float | None, gone: Callable[[], bool]) -> JobRow | None:
         """Block until the job has ended; None on timeout or when the client went away."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -6,6 +6,7 @@ stored in one group commit, and each ACK is written only after that commit.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ MAX_ANSWER = 1024
 ANSWER_TIMEOUT = 9.0           # SPEC: every request is answered within 10 s, database or not
 MAX_PENDING = 1000             # submissions in flight per connection before answering
 LIST_DEFAULT, LIST_MAX = 100, 1000
+MAX_DELAY = 366 * 86400
 KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 TOO_LONG = object()            # marks a line that exceeded MAX_LINE
 JOB_STATES = tuple(s for s in STATES if s != "held")
@@ -102,6 +104,47 @@ def parse_request(line: str) -> Request:
     return Request(command, args)
 
 
+def split_options(args: list[tuple[str, str | None]]) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
+    """Submission options start with '@' (job params cannot), e.g. @delay:60."""
+    options: dict[str, str] = {}
+    rest = []
+    for key, value in args:
+        if key.startswith("@"):
+            if key not in ("@delay", "@at") or value is None:
+                raise BadRequest(f"unknown option {key!r:.40}: use @delay:<seconds> or @at:<ISO time>")
+            if options:
+                raise BadRequest("give one of @delay and @at, once")
+            options[key] = value
+        else:
+            rest.append((key, value))
+    return options, rest
+
+
+def parse_delay(options: dict[str, str]) -> float | None:
+    """Seconds from now until the job is due, from @delay or @at (naive times are UTC)."""
+    if "@delay" in options:
+        try:
+            delay = float(options["@delay"])
+        except ValueError:
+            raise BadRequest(f"@delay must be a number of seconds, got {options['@delay']!r:.40}") from None
+        if not 0 <= delay <= MAX_DELAY:
+            raise BadRequest(f"@delay must be between 0 and {MAX_DELAY} seconds")
+        return delay
+    if "@at" in options:
+        try:
+            when = dt.datetime.fromisoformat(options["@at"].replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"@at must be an ISO 8601 time like 2030-01-31T12:00:00Z, "
+                             f"got {options['@at']!r:.40}") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        delay = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if delay > MAX_DELAY:
+            raise BadRequest("@at is too far in the future (at most a year)")
+        return max(0.0, delay)
+    return None
+
+
 def clean(text: str) -> str:
     """One safe answer line: no CR, LF or NUL, at most MAX_ANSWER bytes."""
     text = text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
@@ -143,7 +186,7 @@ class Protocol:
         self.commands: dict[str, Callable[[Request, Callable[[], bool]], str]] = {
             "ping": self.cmd_ping, "status": self.cmd_status, "wait": self.cmd_wait,
             "list": self.cmd_list, "list_queue": self.cmd_list, "stats": self.cmd_stats,
-            "help": self.cmd_help,
+            "help": self.cmd_help, "cancel": self.cmd_cancel, "retry": self.cmd_retry,
         }
 
     def answer(self, line: str, gone: Callable[[], bool]) -> "str | Future[Accepted]":
@@ -157,7 +200,9 @@ class Protocol:
                 return err(f"{req.command}: not available on this connection")
             if not JOB_NAME_RE.match(req.command):
                 raise BadRequest(f"invalid command name {req.command!r:.60}")
-            return self.manager.submit(req.command, req.params())
+            options, args = split_options(req.args)
+            return self.manager.submit(req.command, Request(req.command, args).params(),
+                                       delay=parse_delay(options))
         except (BadRequest, UnknownJob, JobRejected, DatabaseUnavailable) as exc:
             return err(str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad request must not end the connection
@@ -195,7 +240,18 @@ class Protocol:
     def cmd_status(self, req: Request, gone: Callable[[], bool]) -> str:
         if len(req.args) != 1:
             raise BadRequest("usage: status <jobid>")
-        return ack_json("ACK", self._job(req, "status <jobid>").to_json())
+        row = self._job(req, "status <jobid>")
+        return ack_json("ACK", {**row.to_json(), "children": self.db.children(row.jobid)})
+
+    def cmd_cancel(self, req: Request, gone: Callable[[], bool]) -> str:
+        if len(req.args) != 1:
+            raise BadRequest("usage: cancel <jobid>")
+        return ack_json("ACK", self.manager.cancel(self._job(req, "cancel <jobid>").jobid).to_json())
+
+    def cmd_retry(self, req: Request, gone: Callable[[], bool]) -> str:
+        if len(req.args) != 1:
+            raise BadRequest("usage: retry <jobid>")
+        return ack_json("ACK", self.manager.retry(self._job(req, "retry <jobid>").jobid).to_json())
 
     def cmd_wait(self, req: Request, gone: Callable[[], bool]) -> str:
         usage = "wait <jobid> [timeout:<seconds>]"
@@ -213,7 +269,7 @@ class Protocol:
         final = row if row.is_final else self.manager.wait(row.jobid, timeout, gone)
         if final is None:
             return err(f"timeout: job {row.jobid} has not ended")
-        return ack_json("ACK" if final.state == "done" else "ERR", final.to_json())
+        return ack_json(final.wait_answer, final.to_json())
 
     def cmd_list(self, req: Request, gone: Callable[[], bool]) -> str:
         state, limit = None, LIST_DEFAULT
@@ -236,7 +292,10 @@ class Protocol:
                 "ping": "ACK pong", "status <jobid>": "the job as JSON",
                 "wait <jobid> [timeout:<seconds>]": "block until the job has ended",
                 "list [state] [limit:<n>]": "newest jobs first (list_queue is the old name)",
-                "stats": "counts per job type and state", "help": "this text"},
+                "cancel <jobid>": "a queued job never runs; a running one is told to stop",
+                "retry <jobid>": "queue a failed or cancelled job again",
+                "stats": "counts per job type and state", "help": "this text",
+                "<job> ... @delay:<seconds> | @at:<ISO time>": "run the job no sooner than then"},
             "jobs": {name: {"concurrent": jt.config.concurrent}
                      for name, jt in sorted(self.manager.types.items())}})
 

@@ -276,3 +276,39 @@ def make_daemon(workdir: Path, db_url: str) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A running daemon with the example jobs and the test jobs enabled."""
     return make_daemon()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mysql"])
+def shared_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """One daemon shared by a module's tests, on SQLite or a fresh MariaDB database.
+
+    For tests that do not depend on what other tests stored (no "the queue is
+    empty" assumptions). Its job types are the module's `DAEMON_JOBS`, else
+    DEFAULT_JOBS.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    jobs = getattr(request.module, "DAEMON_JOBS", DEFAULT_JOBS)
+    d = Path(tempfile.mkdtemp(prefix="upq-", dir="/tmp"))
+    admin, dbname, daemon = None, None, None
+    try:
+        if request.param == "sqlite":
+            url = "sqlite:///./upq.db"
+        else:
+            base = request.getfixturevalue("mysql_base_url")
+            dbname = f"upq_t_{uuid.uuid4().hex[:12]}"
+            admin = create_engine(base)
+            with admin.begin() as conn:
+                conn.execute(text(f"CREATE DATABASE {dbname}"))
+            url = make_url(base).set(database=dbname).render_as_string(hide_password=False)
+        daemon = Daemon(d, url, jobs)
+        yield daemon.start()
+    finally:
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(timeout=10)
+        if admin is not None:
+            with admin.begin() as conn:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {dbname}"))
+            admin.dispose()
+        shutil.rmtree(d, ignore_errors=True)
