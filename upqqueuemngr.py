@@ -132,8 +132,10 @@ class QueueManager:
     """Owns the job types, their queues and worker threads."""
 
     def __init__(self, config: Config, db: Database, job_classes: Mapping[str, type[UpqJob]],
-                 logger: logging.Logger, node: str):
+                 logger: logging.Logger, node: str,
+                 on_final: Callable[[JobConfig, JobRow], None] = lambda cfg, row: None):
         self.config = config
+        self.on_final = on_final            # notifications hook: called once a job has ended here
         self.db = db
         self.log = logger
         self.node = node
@@ -384,8 +386,13 @@ class QueueManager:
         else:
             self.log.log(logging.INFO if stored.state == "done" else logging.WARNING,
                          "job %s #%d %s: %s", row.jobname, row.jobid, stored.state, stored.msg)
-        if job is not None and stored is not None and stored.is_final and not isinstance(job.finished, ChildFinished):
-            job.finished.set()
+        if stored is not None and stored.is_final:
+            if job is not None and not isinstance(job.finished, ChildFinished):
+                job.finished.set()
+            try:
+                self.on_final(jt.config, stored)
+            except Exception:  # noqa: BLE001 - reporting must never break job processing
+                self.log.exception("job %d: the on_final hook failed", row.jobid)
         self.completions.notify(row.jobid)
         return stored
 
