@@ -250,10 +250,14 @@ class Database:
     def start(self) -> None:
         self.writer.start()
 
-    def close(self) -> None:
-        self.writer.stop()
+    def dispose(self) -> None:
+        """Close pooled connections (before a fork; new ones open on demand)."""
         self.read_engine.dispose()
         self.write_engine.dispose()
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.dispose()
 
     # -- reads -------------------------------------------------------------
     def _read(self, fn: Callable[[Connection], T]) -> T:

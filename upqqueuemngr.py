@@ -150,15 +150,52 @@ class QueueManager:
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
         """Create each type's queue and start its workers."""
-        for name, jt in self.types.items():
-            if jt.config.concurrent == 0:
+        for jt in self.types.values():
+            self._start_type(jt)
+
+    def _start_type(self, jt: JobType) -> None:
+        if jt.config.concurrent == 0:
+            return
+        jt.queue = DBQueue(self.db, jt.name, self.node, self.log,
+                           poll_interval=self.config.server.poll_interval,
+                           maxsize=max(1, jt.config.concurrent))
+        with self._lock:
+            for _ in range(jt.config.concurrent):
+                self._spawn_worker(jt)
+
+    def reconfigure(self, config: Config, job_classes: Mapping[str, type[UpqJob]]) -> list[str]:
+        """Apply reloaded [job] sections: added, removed and resized types; returns what changed.
+
+        A removed type's running jobs finish; its queued ones stay in the database."""
+        changes: list[str] = []
+        wanted = config.enabled_jobs()
+        for name in sorted(set(self.types) - set(wanted)):
+            self._retire_type(self.types.pop(name))
+            changes.append(f"removed {name}")
+        for name, cfg in sorted(wanted.items()):
+            jt = self.types.get(name)
+            if jt is not None and (jt.queue is None) == (cfg.concurrent == 0):
+                old = jt.config.concurrent
+                jt.config, jt.cls = cfg, job_classes[name]
+                if cfg.concurrent != old:
+                    changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
+                    with self._lock:
+                        for _ in range(cfg.concurrent + jt.lent - jt.live):
+                            self._spawn_worker(jt)
+                    if jt.queue is not None:
+                        jt.queue.kick()          # extra workers notice and retire
                 continue
-            jt.queue = DBQueue(self.db, name, self.node, self.log,
-                               poll_interval=self.config.server.poll_interval,
-                               maxsize=max(1, jt.config.concurrent))
-            with self._lock:
-                for _ in range(jt.config.concurrent):
-                    self._spawn_worker(jt)
+            if jt is not None:
+                self._retire_type(jt)
+            self.types[name] = JobType(config=cfg, cls=job_classes[name])
+            self._start_type(self.types[name])
+            changes.append(f"{'changed' if jt else 'added'} {name}")
+        self.config = config
+        return changes
+
+    def _retire_type(self, jt: JobType) -> None:
+        if jt.queue is not None:
+            jt.queue.stop()
 
     def stop(self, grace: float) -> bool:
         """Stop starting jobs; wait up to `grace` seconds for running ones. True if all ended."""

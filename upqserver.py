@@ -7,6 +7,8 @@ stored in one group commit, and each ACK is written only after that commit.
 from __future__ import annotations
 
 import datetime as dt
+import grp
+import hmac
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from module_loader import JOB_NAME_RE, RESERVED_NAMES
+from parseconfig import ConfigError
 from upqdb import STATES, DatabaseUnavailable, JobRow
 from upqqueuemngr import Accepted, JobRejected, QueueManager, UnknownJob
 
@@ -178,8 +181,10 @@ def _int_arg(text: str | None, what: str, low: int = 1, high: int = 2 ** 63 - 1)
 class Protocol:
     """Turns request lines into answer lines; one instance per daemon, shared by connections."""
 
-    def __init__(self, manager: QueueManager, node_info: dict[str, Any], logger: logging.Logger):
+    def __init__(self, manager: QueueManager, node_info: dict[str, Any], logger: logging.Logger,
+                 reload: Callable[[], list[str]] | None = None):
         self.manager = manager
+        self.reload = reload
         self.db = manager.db
         self.node_info = node_info
         self.log = logger
@@ -187,6 +192,7 @@ class Protocol:
             "ping": self.cmd_ping, "status": self.cmd_status, "wait": self.cmd_wait,
             "list": self.cmd_list, "list_queue": self.cmd_list, "stats": self.cmd_stats,
             "help": self.cmd_help, "cancel": self.cmd_cancel, "retry": self.cmd_retry,
+            "reload": self.cmd_reload,
         }
 
     def answer(self, line: str, gone: Callable[[], bool]) -> "str | Future[Accepted]":
@@ -285,6 +291,17 @@ class Protocol:
     def cmd_stats(self, req: Request, gone: Callable[[], bool]) -> str:
         return ack_json("ACK", {"jobs": self.manager.stats(), "nodes": [self.node_info]})
 
+    def cmd_reload(self, req: Request, gone: Callable[[], bool]) -> str:
+        if req.args:
+            raise BadRequest("usage: reload")
+        if self.reload is None:
+            raise BadRequest("reload is not available")
+        try:
+            changes = self.reload()
+        except ConfigError as exc:
+            return err(f"reload failed, the running config is kept: {'; '.join(exc.problems)}")
+        return ack("reloaded: " + ("; ".join(changes) if changes else "no job changes"))
+
     def cmd_help(self, req: Request, gone: Callable[[], bool]) -> str:
         return ack_json("ACK", {
             "commands": {
@@ -295,6 +312,7 @@ class Protocol:
                 "cancel <jobid>": "a queued job never runs; a running one is told to stop",
                 "retry <jobid>": "queue a failed or cancelled job again",
                 "stats": "counts per job type and state", "help": "this text",
+                "reload": "re-read the [job] sections and reopen the log (like SIGHUP)",
                 "<job> ... @delay:<seconds> | @at:<ISO time>": "run the job no sooner than then"},
             "jobs": {name: {"concurrent": jt.config.concurrent}
                      for name, jt in sorted(self.manager.types.items())}})
@@ -304,6 +322,9 @@ class LineHandler(socketserver.BaseRequestHandler):
     """Reads lines, answers each in order; pipelined submissions share a commit."""
 
     server: "UpqUnixServer"
+
+    def setup(self) -> None:
+        self.authed = not self.server.token      # TCP: the first line must be `auth <token>`
 
     def handle(self) -> None:
         sock: socket.socket = self.request
@@ -342,6 +363,12 @@ class LineHandler(socketserver.BaseRequestHandler):
         protocol = self.server.protocol
         out: list[Any] = []
         for raw in lines:
+            if not self.authed:
+                if not self._authenticate(raw):
+                    self._send(sock, out + [err("auth required")])
+                    return False
+                out.append(ack())
+                continue
             try:
                 item = protocol.answer(decode_line(raw), self._gone)
             except BadRequest as exc:
@@ -364,6 +391,16 @@ class LineHandler(socketserver.BaseRequestHandler):
         except OSError:
             return False
         return True
+
+    def _authenticate(self, raw: Any) -> bool:
+        """`auth <token>`, compared in constant time."""
+        if raw is TOO_LONG or not raw.startswith(b"auth "):
+            return False
+        given = raw[5:].rstrip(b"\r").strip()
+        self.authed = hmac.compare_digest(given, self.server.token.encode())
+        if not self.authed:
+            self.server.log.warning("TCP client %s: wrong auth token", self.client_address)
+        return self.authed
 
     def _gone(self) -> bool:
         """Has the client hung up? (checked while `wait` blocks)"""
@@ -390,23 +427,21 @@ def decode_line(raw: Any) -> str:
         raise BadRequest("request is not valid UTF-8") from None
 
 
-class UpqUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """A thread per connection, capped at max_connections."""
+class _CappedThreadingServer(socketserver.ThreadingMixIn):
+    """A thread per connection, capped at max_connections; shared by the Unix and TCP servers."""
 
     daemon_threads = True
     block_on_close = False
+    token = ""
 
-    def __init__(self, path: str, protocol: Protocol, *, max_connections: int,
-                 idle_timeout: float, socket_mode: int, logger: logging.Logger):
+    def _setup_cap(self, protocol: Protocol, max_connections: int, idle_timeout: float,
+                   logger: logging.Logger) -> None:
         self.protocol = protocol
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.log = logger
-        self.path = path
         self._active = 0
         self._active_lock = threading.Lock()
-        super().__init__(path, LineHandler)
-        os.chmod(path, socket_mode)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._active_lock:
@@ -418,9 +453,9 @@ class UpqUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 request.sendall(b"ERR busy: too many connections, try again later\n")
             except OSError:
                 pass
-            self.shutdown_request(request)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
             return
-        super().process_request(request, client_address)
+        super().process_request(request, client_address)  # type: ignore[misc]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -431,6 +466,35 @@ class UpqUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.log.exception("connection handler failed")
+
+
+class UpqUnixServer(_CappedThreadingServer, socketserver.UnixStreamServer):
+    """The Unix socket: access is controlled by the file's mode and group."""
+
+    def __init__(self, path: str, protocol: Protocol, *, max_connections: int,
+                 idle_timeout: float, socket_mode: int, socket_group: str = "",
+                 logger: logging.Logger):
+        self._setup_cap(protocol, max_connections, idle_timeout, logger)
+        self.path = path
+        socketserver.UnixStreamServer.__init__(self, path, LineHandler)
+        os.chmod(path, socket_mode)
+        if socket_group:
+            os.chown(path, -1, grp.getgrnam(socket_group).gr_gid)
+
+
+class UpqTCPServer(_CappedThreadingServer, socketserver.TCPServer):
+    """The optional TCP listener: every connection starts with `auth <token>`."""
+
+    allow_reuse_address = True
+
+    def __init__(self, listen: str, token: str, protocol: Protocol, *, max_connections: int,
+                 idle_timeout: float, logger: logging.Logger):
+        self._setup_cap(protocol, max_connections, idle_timeout, logger)
+        self.token = token
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socketserver.TCPServer.__init__(self, (host, int(port)), LineHandler)
 
 
 def socket_in_use(path: str) -> bool:
