@@ -6,7 +6,6 @@ holds at most one claimed job per idle worker however long the backlog is.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import queue
 import time
@@ -42,8 +41,7 @@ class DBQueue(queue.Queue):
     def put_async(self, params: dict[str, str], parent: int | None = None,
                   delay: float | None = None) -> "Future[int]":
         """Store a job; the future resolves to its id after commit, then a worker is woken."""
-        run_after = None if delay is None else utcnow() + dt.timedelta(seconds=delay)
-        fut = self.db.insert_job_async(self.jobname, params, parent=parent, run_after=run_after)
+        fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay)
         if delay:
             self.wake_at(time.monotonic() + delay)
         else:

@@ -64,8 +64,10 @@ class Daemon:
     db: Any = None
     manager: Any = None
     servers: list[Any] = field(default_factory=list)
+    keeper: Any = None
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     notifier: Any = None
+    pidfile: str | None = None      # --daemon: removed by _exit_now too (atexit does not run)
 
 
 def prepare(d: Daemon) -> None:
@@ -113,11 +115,15 @@ def prepare(d: Daemon) -> None:
 def start(d: Daemon) -> None:
     """Start the writer, recover this node's jobs, start workers; connections get answered."""
     from notify import Notifier, smtp_warnings
+    from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
     from upqserver import Protocol
 
     node = default_node_name(d.config)
     d.db.start()
+    d.keeper = NodeKeeper(d.db, node, d.config.server.node_timeout, d.log,
+                          on_requeue=lambda: d.manager.wake_all())
+    d.keeper.register()
     recovered = d.db.requeue_orphans(node)
     if recovered:
         d.log.warning("re-queued %d job(s) that this node left running", recovered)
@@ -126,12 +132,11 @@ def start(d: Daemon) -> None:
     d.notifier = Notifier(d.config.mail, d.config.notify, d.log, socket.gethostname())
     d.notifier.start()
     d.manager = QueueManager(d.config, d.db, d.classes, d.log, node, on_final=d.notifier.job_ended)
-    node_info = {"node": node, "host": socket.gethostname(), "pid": os.getpid(),
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    protocol = Protocol(d.manager, node_info, d.log, reload=lambda: reload(d))
+    protocol = Protocol(d.manager, d.log, reload=lambda: reload(d))
     for server in d.servers:
         server.protocol = protocol
     d.manager.start()
+    d.keeper.start()
 
 
 def reload(d: Daemon) -> list[str]:
@@ -227,7 +232,7 @@ def serve(d: Daemon) -> int:
     d.log.info("signal %s: stopping (grace %ss); send it again to exit at once",
                signal.Signals(signals[0]).name, d.config.server.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _exit_now(d.log))
+        signal.signal(sig, lambda *_: _exit_now(d.log, pidfile=d.pidfile))
     for server in d.servers:
         server.shutdown()
         server.server_close()
@@ -237,7 +242,8 @@ def serve(d: Daemon) -> int:
     if not all_ended:
         d.log.warning("jobs still running after %ss; they will run again at the next start",
                       d.config.server.shutdown_grace)
-        _exit_now(d.log, 0)
+        _exit_now(d.log, 0, pidfile=d.pidfile)
+    d.keeper.stop()
     d.db.close()
     d.log.info("stopped")
     logging.shutdown()
@@ -251,9 +257,12 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _exit_now(log: logging.Logger, code: int = 0) -> None:
-    """Python cannot stop running threads: flush the log and leave."""
+def _exit_now(log: logging.Logger, code: int = 0, pidfile: str | None = None) -> None:
+    """Python cannot stop running threads: flush the log and leave (removing our pidfile,
+    which python-daemon's atexit release would have done)."""
     log.warning("exiting now")
+    if pidfile:
+        _unlink(pidfile)
     logging.shutdown()
     os._exit(code)
 
@@ -279,6 +288,7 @@ def detach(d: Daemon, pidfile: str | None) -> None:
     ctx = daemon.DaemonContext(working_directory="/", umask=0o027, pidfile=lock,
                                files_preserve=keep, signal_map={}, detach_process=True)
     ctx.open()
+    d.pidfile = pidfile
 
 
 def _clear_stale_pidfile(path: str, log: logging.Logger) -> None:
@@ -344,7 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             _unlink(config.paths.socket)
         print(f"upq: cannot start: {exc}", file=sys.stderr)
         return 1
-    start(d)
+    try:
+        start(d)
+    except Exception as exc:  # noqa: BLE001 - after detaching, the log is the only witness
+        log.error("cannot start: %s", exc)
+        print(f"upq: cannot start: {exc}", file=sys.stderr)
+        return 1
     return serve(d)
 
 

@@ -8,6 +8,7 @@ fight over the lock. Reads run on their own pooled connections.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import queue
@@ -59,9 +60,19 @@ jobs = Table(
     Column("cancel_requested", Integer, nullable=False, default=0),
     # claim order and per-type counts (stats) are both served by this index
     Index("ix_upq_jobs_claim", "jobname", "state", "jobid"),
-    # list by state, orphan recovery
-    Index("ix_upq_jobs_state", "state", "node", "jobid"),
+    # list by state, newest first (orphan recovery filters the few running rows by node)
+    Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
+)
+
+nodes = Table(
+    "upq_nodes", metadata,
+    Column("node", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", _Time, nullable=False),
+    Column("heartbeat", _Time, nullable=False),
+    Column("state", String(16), nullable=False),          # alive | dead | stopped
 )
 
 meta = Table(
@@ -202,6 +213,7 @@ class Database:
         self.read_engine = self._engine(url, durability, writer=False)
         self.write_engine = self._engine(url, durability, writer=True)
         self.writer = Writer(self.write_engine, logger)
+        self._node_lock_conn: Connection | None = None
 
     # -- set-up ------------------------------------------------------------
     def _engine(self, url: str, durability: str, writer: bool) -> Engine:
@@ -257,6 +269,8 @@ class Database:
 
     def close(self) -> None:
         self.writer.stop()
+        if self._node_lock_conn is not None:
+            self._node_lock_conn.close()
         self.dispose()
 
     # -- reads -------------------------------------------------------------
@@ -312,10 +326,11 @@ class Database:
 
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: str = "new",
                          node: str | None = None, parent: int | None = None,
-                         run_after: dt.datetime | None = None) -> "Future[int]":
-        """Store a job; the future holds its id once the transaction is committed."""
+                         delay: float | None = None) -> "Future[int]":
+        """Store a job (due `delay` seconds from now); the future holds its id once committed."""
         def op(conn: Connection) -> int:
             now = utcnow()
+            run_after = None if not delay else self.db_now(conn) + dt.timedelta(seconds=delay)
             running = state == "running"
             res = conn.execute(insert(jobs).values(
                 jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
@@ -326,9 +341,10 @@ class Database:
         return self.writer.submit(op)
 
     def accept_held(self, jobid: int, params: dict[str, str], state: str, node: str,
-                    run_after: dt.datetime | None = None) -> None:
+                    delay: float | None = None) -> None:
         """A job stored by enqueue_job() inside check() was accepted: release it."""
         def op(conn: Connection) -> None:
+            run_after = None if not delay else self.db_now(conn) + dt.timedelta(seconds=delay)
             values: dict[str, Any] = {"state": state, "params": json.dumps(params, ensure_ascii=False),
                                       "run_after": run_after}
             if state == "running":
@@ -345,7 +361,7 @@ class Database:
         """Atomically move up to `limit` due jobs new -> running for this node."""
         skip = tuple(exclude)
         def op(conn: Connection) -> list[JobRow]:
-            now = utcnow()
+            now = self.db_now(conn)
             due = (jobs.c.run_after.is_(None)) | (jobs.c.run_after <= now)
             cond = [jobs.c.jobname == jobname, jobs.c.state == "new", due]
             if skip:
@@ -374,7 +390,7 @@ class Database:
             cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
             if cur is None:
                 return None
-            now = utcnow()
+            now = self.db_now(conn)
             values: dict[str, Any] = {"msg": cap_msg(outcome.msg), "result": encode_result(outcome.result),
                                       "state": outcome.state, "finished": now}
             delay = policy.next_delay(cur.retries_used) if outcome.state == "failed" else None
@@ -416,6 +432,81 @@ class Database:
                                      cancel_requested=0))
             return before, _row(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
+
+    # -- nodes (several daemons on one database) ---------------------------
+    def db_now(self, conn: Connection) -> dt.datetime:
+        """The database's clock (MySQL), so hosts with skewed clocks agree on ages."""
+        if self.is_sqlite:
+            return utcnow()
+        return conn.execute(select(func.utc_timestamp(6))).scalar_one()
+
+    def hold_node_name(self, node: str) -> bool:
+        """Take the server-side lock that says `node` is alive (MySQL); False if a live daemon holds it.
+
+        The lock lives as long as this connection: the server frees it the moment the holder dies."""
+        if self.is_sqlite:
+            return True
+        name = "upq:" + hashlib.sha1(node.encode()).hexdigest()
+        self._node_lock_conn = self.read_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        got = self._node_lock_conn.execute(select(func.get_lock(name, 0))).scalar()
+        if got != 1:
+            self._node_lock_conn.close()
+            self._node_lock_conn = None
+        return got == 1
+
+    def register_node(self, node: str, host: str, pid: int) -> dict[str, Any] | None:
+        """Mark this node alive; returns the row it replaces (None if new)."""
+        def op(conn: Connection) -> dict[str, Any] | None:
+            now = self.db_now(conn)
+            old = conn.execute(select(nodes).where(nodes.c.node == node)).first()
+            values = dict(host=host, pid=pid, started=now, heartbeat=now, state="alive")
+            if old is None:
+                conn.execute(insert(nodes).values(node=node, **values))
+                return None
+            conn.execute(update(nodes).where(nodes.c.node == node).values(**values))
+            return dict(old._mapping)
+        return self.write(op)
+
+    def heartbeat(self, node: str, state: str = "alive") -> str | None:
+        """Refresh this node's heartbeat; returns the state it had (e.g. 'dead' after a long pause)."""
+        def op(conn: Connection) -> str | None:
+            before = conn.execute(select(nodes.c.state).where(nodes.c.node == node)).scalar()
+            conn.execute(update(nodes).where(nodes.c.node == node)
+                         .values(heartbeat=self.db_now(conn), state=state))
+            return before
+        return self.write(op)
+
+    def reap_dead_nodes(self, me: str, timeout: float) -> list[tuple[str, int]]:
+        """Nodes silent for `timeout` seconds are marked dead and their running jobs re-queued,
+        exactly once: only the daemon whose conditional update wins does it."""
+        def op(conn: Connection) -> list[tuple[str, int]]:
+            cutoff = self.db_now(conn) - dt.timedelta(seconds=timeout)
+            stale = [r[0] for r in conn.execute(
+                select(nodes.c.node).where(nodes.c.state == "alive", nodes.c.heartbeat < cutoff,
+                                           nodes.c.node != me))]
+            out = []
+            for name in stale:
+                won = conn.execute(update(nodes).where(nodes.c.node == name, nodes.c.state == "alive",
+                                                       nodes.c.heartbeat < cutoff).values(state="dead"))
+                if won.rowcount != 1:
+                    continue
+                conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == name))
+                moved = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == name)
+                                     .values(state="new"))
+                out.append((name, moved.rowcount))
+            return out
+        return self.write(op)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """Every daemon known to this database, with how many jobs each runs now."""
+        def q(conn: Connection) -> list[dict[str, Any]]:
+            running = dict(conn.execute(select(jobs.c.node, func.count()).where(jobs.c.state == "running")
+                                        .group_by(jobs.c.node)).all())
+            return [{"node": r.node, "host": r.host, "pid": r.pid, "state": r.state,
+                     "started": iso(r.started), "heartbeat": iso(r.heartbeat),
+                     "running": running.get(r.node, 0)}
+                    for r in conn.execute(select(nodes).order_by(nodes.c.node))]
+        return self._read(q)
 
     def requeue_orphans(self, node: str) -> int:
         """Jobs this node left running (crash, kill -9) go back to new; held ones were never ACKed."""

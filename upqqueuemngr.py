@@ -8,7 +8,6 @@ abandoned (Python cannot kill it); a run waiting on a child lends its slot.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from dbqueue import DBQueue, QueueStopped
 from parseconfig import Config, JobConfig
-from upqdb import STATES_FINAL, Database, JobRow, Outcome, RetryPolicy, utcnow
+from upqdb import STATES_FINAL, Database, JobRow, Outcome, RetryPolicy
 from upqjob import Retry, UpqJob
 
 
@@ -53,6 +52,16 @@ class JobType:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def inline(self) -> bool:
+        """concurrent = 0: submissions run in the connection's thread."""
+        return self.config.concurrent == 0
+
+    @property
+    def slots(self) -> int:
+        """Worker threads wanted; an inline type keeps one for re-runs, retries and delayed jobs."""
+        return max(1, self.config.concurrent)
 
     @property
     def policy(self) -> RetryPolicy:
@@ -154,13 +163,11 @@ class QueueManager:
             self._start_type(jt)
 
     def _start_type(self, jt: JobType) -> None:
-        if jt.config.concurrent == 0:
-            return
         jt.queue = DBQueue(self.db, jt.name, self.node, self.log,
                            poll_interval=self.config.server.poll_interval,
-                           maxsize=max(1, jt.config.concurrent))
+                           maxsize=jt.slots)
         with self._lock:
-            for _ in range(jt.config.concurrent):
+            for _ in range(jt.slots):
                 self._spawn_worker(jt)
 
     def reconfigure(self, config: Config, job_classes: Mapping[str, type[UpqJob]]) -> list[str]:
@@ -174,28 +181,32 @@ class QueueManager:
             changes.append(f"removed {name}")
         for name, cfg in sorted(wanted.items()):
             jt = self.types.get(name)
-            if jt is not None and (jt.queue is None) == (cfg.concurrent == 0):
-                old = jt.config.concurrent
-                jt.config, jt.cls = cfg, job_classes[name]
-                if cfg.concurrent != old:
-                    changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
-                    with self._lock:
-                        for _ in range(cfg.concurrent + jt.lent - jt.live):
-                            self._spawn_worker(jt)
-                    if jt.queue is not None:
-                        jt.queue.kick()          # extra workers notice and retire
+            if jt is None:
+                self.types[name] = jt = JobType(config=cfg, cls=job_classes[name])
+                self._start_type(jt)
+                changes.append(f"added {name}")
                 continue
-            if jt is not None:
-                self._retire_type(jt)
-            self.types[name] = JobType(config=cfg, cls=job_classes[name])
-            self._start_type(self.types[name])
-            changes.append(f"{'changed' if jt else 'added'} {name}")
+            old = jt.config.concurrent
+            jt.config, jt.cls = cfg, job_classes[name]
+            if cfg.concurrent != old:
+                changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
+                with self._lock:
+                    for _ in range(jt.slots + jt.lent - jt.live):
+                        self._spawn_worker(jt)
+                assert jt.queue is not None
+                jt.queue.kick()          # extra workers notice and retire
         self.config = config
         return changes
 
     def _retire_type(self, jt: JobType) -> None:
         if jt.queue is not None:
             jt.queue.stop()
+
+    def wake_all(self) -> None:
+        """Jobs were re-queued behind our back (a dead node's): let every type look."""
+        for jt in list(self.types.values()):
+            if jt.queue is not None:
+                jt.queue.wake()
 
     def stop(self, grace: float) -> bool:
         """Stop starting jobs; wait up to `grace` seconds for running ones. True if all ended."""
@@ -261,14 +272,11 @@ class QueueManager:
 
     def _store(self, jt: JobType, job: UpqJob, *, parent: int | None = None,
                delay: float | None = None) -> "Future[Accepted]":
-        if jt.queue is None:
-            if delay:
-                self._drop_held(job)
-                raise JobRejected(f"job type {jt.name!r} runs inline (concurrent = 0): it cannot be delayed")
+        assert jt.queue is not None
+        if jt.inline and not delay:
             return _resolved(self._run_inline(jt, job, parent))
         if job.jobid is not None:           # 2011 style: check() called enqueue_job()
-            run_after = None if not delay else utcnow() + dt.timedelta(seconds=delay)
-            self.db.accept_held(job.jobid, job.jobdata, "new", self.node, run_after)
+            self.db.accept_held(job.jobid, job.jobdata, "new", self.node, delay)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
             return _resolved(Accepted(job.jobid, job.msg))
         msg = job.msg
@@ -317,7 +325,7 @@ class QueueManager:
     def _try_retire(self, jt: JobType) -> bool:
         """An extra worker (its lender resumed) leaves; True if the caller should exit."""
         with self._lock:
-            if jt.live > jt.config.concurrent + jt.lent:
+            if jt.live > jt.slots + jt.lent:
                 jt.live -= 1
                 return True
             return False
@@ -326,10 +334,10 @@ class QueueManager:
         assert jt.queue is not None
         while not self.stopping:
             with self._lock:
-                if jt.abandoned >= jt.config.concurrent:
+                if jt.abandoned >= jt.slots:
                     self.log.warning("job type %s: %d timed-out run(s) still alive; not starting more "
                                      "until one ends", jt.name, jt.abandoned)
-                while jt.abandoned >= jt.config.concurrent and not self.stopping:
+                while jt.abandoned >= jt.slots and not self.stopping:
                     self._lock.wait(1.0)
             try:
                 row = jt.queue.get(leave=lambda: self._try_retire(jt))
@@ -354,7 +362,7 @@ class QueueManager:
             return
         with self._lock:
             jt.lent += 1
-            if jt.live < jt.config.concurrent + jt.lent and not self.stopping:
+            if jt.live < jt.slots + jt.lent and not self.stopping:
                 self._spawn_worker(jt)
         try:
             yield

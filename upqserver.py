@@ -181,12 +181,11 @@ def _int_arg(text: str | None, what: str, low: int = 1, high: int = 2 ** 63 - 1)
 class Protocol:
     """Turns request lines into answer lines; one instance per daemon, shared by connections."""
 
-    def __init__(self, manager: QueueManager, node_info: dict[str, Any], logger: logging.Logger,
+    def __init__(self, manager: QueueManager, logger: logging.Logger,
                  reload: Callable[[], list[str]] | None = None):
         self.manager = manager
         self.reload = reload
         self.db = manager.db
-        self.node_info = node_info
         self.log = logger
         self.commands: dict[str, Callable[[Request, Callable[[], bool]], str]] = {
             "ping": self.cmd_ping, "status": self.cmd_status, "wait": self.cmd_wait,
@@ -289,7 +288,7 @@ class Protocol:
         return ack_json("ACK", [row.to_json() for row in self.db.list_jobs(state, limit)])
 
     def cmd_stats(self, req: Request, gone: Callable[[], bool]) -> str:
-        return ack_json("ACK", {"jobs": self.manager.stats(), "nodes": [self.node_info]})
+        return ack_json("ACK", {"jobs": self.manager.stats(), "nodes": self.db.list_nodes()})
 
     def cmd_reload(self, req: Request, gone: Callable[[], bool]) -> str:
         if req.args:

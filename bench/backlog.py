@@ -17,7 +17,9 @@ What it does, on a fresh temp dir under /tmp (and, for MariaDB, a fresh database
   4. starts the daemon on that database and measures start-up time, RSS after start
      and after 100 `status` + 1 `stats` + 1 `list`, `status <id>` latency (p50/p99
      over random ids on one persistent connection), `stats` and `list` latency
-     (median of 5), and one `noop` submission (runs inline, ACK after commit);
+     (median of 5), and `noop` submissions (inline run, ACK after commit);
+     with --concurrent K the backlog type gets K workers that drain it meanwhile
+     (start-up and RSS then include claiming from the backlog);
   5. prints a table, the targets of issue 8 with OK/MISS, and writes JSON to
      bench/results-backlog.json (one entry per database, earlier entries kept).
 
@@ -179,7 +181,7 @@ class Daemon:
 
 
 # -- set-up ------------------------------------------------------------------
-def write_files(workdir: Path, db_url: str) -> Path:
+def write_files(workdir: Path, db_url: str, concurrent: int = 0) -> Path:
     jobs_dir = workdir / "jobs"
     jobs_dir.mkdir()
     (jobs_dir / "noop.py").write_text(NOOP_JOB)
@@ -190,8 +192,8 @@ def write_files(workdir: Path, db_url: str) -> Path:
         "[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\n\n"
         f"[db]\nurl = {db_url}\n\n"
         "[server]\nallow_root = true\nshutdown_grace = 5\n\n"
-        "; concurrent = 0: runs inline at submission, so queued rows are never claimed\n"
-        "[job noop]\nenabled = true\nconcurrent = 0\n\n"
+        "; concurrent = 0 (the default): runs inline at submission, queued rows are never claimed\n"
+        f"[job noop]\nenabled = true\nconcurrent = {concurrent}\n\n"
         "[job hello]\nenabled = true\nconcurrent = 2\n")
     return cfg
 
@@ -391,6 +393,9 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
     print()
     print(f"upq backlog benchmark — {res['db']} ({res['db_server']}), {res['host']}, "
           f"{res['cpus']} CPUs, {res['date']}")
+    k = res["noop_concurrent"]
+    print("backlog type noop: " + ("concurrent = 0 (inline), the backlog stays queued" if k == 0 else
+          f"concurrent = {k}, workers drain the backlog during the measurement"))
     print(f"fill: {n:,} queued rows in {fl['seconds']:.1f} s ({fl['rows_per_s']:,} rows/s, "
           f"batches of {fl['batch']:,}; {fl['post_step']} {fl['post_seconds']:.1f} s)")
     if res.get("db_size_mb") is not None:
@@ -413,8 +418,8 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
         ("list (median of 5)", "ms", idle["list_median_ms"], back["list_median_ms"]),
         ("list new (median of 5)", "ms", idle["list_new_median_ms"], back["list_new_median_ms"]),
         ("list done (median of 5)", "ms", idle["list_done_median_ms"], back["list_done_median_ms"]),
-        ("submit noop, inline (first)", "ms", idle["submit_noop_first_ms"], back["submit_noop_first_ms"]),
-        ("submit noop, inline (median of 5)", "ms", idle["submit_noop_median_ms"],
+        ("submit noop, ACK (first)", "ms", idle["submit_noop_first_ms"], back["submit_noop_first_ms"]),
+        ("submit noop, ACK (median of 5)", "ms", idle["submit_noop_median_ms"],
          back["submit_noop_median_ms"]),
     ]
     w = max(len(r[0]) for r in rows)
@@ -454,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-samples", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5, help="samples for stats/list/submit medians")
     p.add_argument("--out", default=str(ROOT / "bench" / "results-backlog.json"))
+    p.add_argument("--concurrent", type=int, default=0,
+                   help="workers of the backlog's type `noop` (default 0: inline, the backlog stays queued; "
+                        ">0: workers start draining it while the daemon is measured)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (and MariaDB database)")
     args = p.parse_args(argv)
 
@@ -468,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon: Daemon | None = None
     res: dict[str, Any] = {
         "db": args.db, "jobs": args.jobs, "host": platform.node(), "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        "python": platform.python_version(), "noop_concurrent": args.concurrent,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join([Path(sys.executable).name, "bench/backlog.py"] + sys.argv[1:]),
     }
@@ -481,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             import sqlite3
             db_url = f"sqlite:///{workdir / 'upq.db'}"
             res["db_server"] = f"SQLite {sqlite3.sqlite_version}"
-        cfg = write_files(workdir, db_url)
+        cfg = write_files(workdir, db_url, args.concurrent)
         print(f"workdir {workdir}; db {res['db_server']}")
         daemon = Daemon(workdir, cfg, str(workdir / "upq.sock"))
 
@@ -532,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
                 all_results = {}
         except ValueError:
             all_results = {}
-        all_results[args.db] = res
+        key = args.db if args.concurrent == 0 else f"{args.db}-concurrent{args.concurrent}"
+        all_results[key] = res
         out.write_text(json.dumps(all_results, indent=2) + "\n")
-        print(f"\nJSON: {out} (key {args.db!r})")
+        print(f"\nJSON: {out} (key {key!r})")
         return 0
     finally:
         if daemon is not None:

@@ -1,0 +1,223 @@
+"""Jobs survive kill -9 and restarts; start-up refuses what it must (SPEC: durability, the daemon).
+
+Real daemon processes on SQLite and on a fresh MariaDB database; histories come
+from the `record` and `gate` test jobs' start/end lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from conftest import Conn, Daemon, wait_for
+
+
+def starts(records: list[list[str]]) -> dict[int, list[int]]:
+    """jobid -> the attempt numbers of its recorded starts, in order."""
+    out: dict[int, list[int]] = defaultdict(list)
+    for r in records:
+        if r[0] == "start":
+            out[int(r[1])].append(int(r[2]))
+    return out
+
+
+def wait_all(d: Daemon, ids: list[int], timeout: float = 30) -> list[dict]:
+    """Pipeline `wait` for every id on one connection; the jobs once ended."""
+    with d.connect(timeout=timeout + 10) as conn:
+        conn.send("".join(f"wait {jobid} timeout:{timeout}\n" for jobid in ids))
+        answers = [conn.line() for _ in ids]
+    for answer in answers:
+        assert answer.startswith(("ACK {", "ERR {")), answer
+    return [json.loads(a[4:]) for a in answers]
+
+
+# -- kill -9 ---------------------------------------------------------------------------
+
+def test_kill_minus_nine_loses_no_acked_job_and_reruns_only_the_interrupted_one(make_daemon) -> None:
+    d = make_daemon(jobs={"record": {"concurrent": "1"}})
+    done_before = [d.submit("record") for _ in range(3)]
+    for jobid in done_before:
+        assert d.wait_job(jobid)["state"] == "done"
+    running = d.submit("record sleep:1")
+    queued = [d.submit("record") for _ in range(8)]
+    wait_for(lambda: running in starts(d.read_records()), 10, "the long job to start")
+    assert d.job(running)["state"] == "running"
+    d.kill(signal.SIGKILL)
+    before = starts(d.read_records())
+    assert before[running] == [1]
+    assert not any(jobid in before for jobid in queued), "queued jobs ran while one was running"
+
+    d.start()
+    jobs = wait_all(d, done_before + [running] + queued)
+    assert all(j["state"] == "done" for j in jobs), [(j["jobid"], j["state"], j["msg"]) for j in jobs]
+    after = starts(d.read_records())
+    for jobid in done_before:
+        assert after[jobid] == [1], f"job {jobid} was done before the kill and ran again: {after[jobid]}"
+    assert after[running] == [1, 2]
+    assert d.job(running)["attempts"] == 2 and d.job(running)["result"] == {"attempt": 2}
+    for jobid in queued:
+        assert after[jobid] == [1], (jobid, after[jobid])
+        assert d.job(jobid)["attempts"] == 1
+    assert set(after) == set(done_before + [running] + queued)
+
+
+def test_kill_minus_nine_during_submissions_keeps_every_acked_job(make_daemon) -> None:
+    d = make_daemon(jobs={"record": {"concurrent": "2"}})
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def submitter() -> None:
+        try:
+            with Conn(d.socket, timeout=10) as conn:
+                while not stop.is_set():
+                    conn.send("record\nrecord\nrecord\nrecord\n")
+                    for _ in range(4):
+                        answer = conn.line()
+                        if answer.startswith("ACK "):
+                            acked.append(int(answer.split()[1]))
+        except (OSError, ConnectionError):
+            pass                                  # the daemon died under us: expected
+
+    t = threading.Thread(target=submitter, daemon=True)
+    t.start()
+    wait_for(lambda: len(acked) >= 200, 20, "200 ACKs")
+    d.kill(signal.SIGKILL)
+    stop.set()
+    t.join(15)
+    assert not t.is_alive()
+    ids = list(acked)
+    d.start()
+    jobs = wait_all(d, ids)
+    assert all(j["state"] == "done" for j in jobs), [(j["jobid"], j["state"]) for j in jobs if j["state"] != "done"]
+    history = starts(d.read_records())
+    assert all(history[jobid] for jobid in ids)
+    for jobid, attempts in history.items():
+        # at most one re-run, and only for a job the kill interrupted
+        assert attempts in ([1], [1, 2]), (jobid, attempts)
+    assert sum(1 for a in history.values() if a == [1, 2]) <= 2    # concurrent = 2
+
+
+def test_restart_with_a_2000_job_backlog_resumes_them_all(make_daemon) -> None:
+    n = 2000
+    d = make_daemon(jobs={"gate": {"concurrent": "4"}})
+    with d.connect(timeout=60) as conn:
+        conn.send("".join(f"gate i:{i}\n" for i in range(n)))
+        answers = [conn.line() for _ in range(n)]
+    assert all(re.fullmatch(r"ACK \d+", a) for a in answers)
+    ids = [int(a[4:]) for a in answers]
+    assert len(set(ids)) == n
+    wait_for(lambda: len(starts(d.read_records())) == 4, 10, "4 gate jobs to block their workers")
+    d.kill(signal.SIGKILL)
+    interrupted = set(starts(d.read_records()))
+
+    (d.dir / "gate.open").touch()
+    d.start()
+
+    def all_done() -> bool:
+        counts = json.loads(d.ask("stats")[4:])["jobs"]["gate"]
+        assert counts["failed"] == 0 and counts["cancelled"] == 0, counts
+        return counts["done"] == n
+    wait_for(all_done, 60, f"{n} gate jobs to end done")
+    history = starts(d.read_records())
+    assert set(history) == set(ids)
+    assert {jobid for jobid, a in history.items() if a == [1, 2]} == interrupted
+    assert all(a == [1] for jobid, a in history.items() if jobid not in interrupted)
+    assert len(json.loads(d.ask("list done limit:1000")[4:])) == 1000
+
+
+def test_kill_minus_nine_during_an_inline_run_reruns_it_at_start(make_daemon) -> None:
+    """SPEC: at start upq re-runs every job its previous run left `running`; concurrent = 0 too."""
+    d = make_daemon(jobs={"record": {"concurrent": "0"}})
+    conn = d.connect()
+    try:
+        conn.send("record sleep:2\n")
+        wait_for(lambda: starts(d.read_records()), 10, "the inline job to start")
+        d.kill(signal.SIGKILL)
+    finally:
+        conn.close()
+    (jobid,) = starts(d.read_records())
+    d.start()
+    with d.connect() as c:
+        answer = c.ask(f"wait {jobid} timeout:5")
+    assert answer.startswith("ACK {"), f"{answer}; status: {d.ask(f'status {jobid}')}"
+    job = json.loads(answer[4:])
+    assert job["state"] == "done" and job["attempts"] == 2, job
+    assert starts(d.read_records())[jobid] == [1, 2]
+
+
+# -- clean stop and start-up refusals ----------------------------------------------------
+
+def test_sigterm_exits_0_and_removes_the_socket(make_daemon) -> None:
+    d = make_daemon(jobs={"hello": {}})
+    assert d.wait_job(d.submit("hello name:x"))["state"] == "done"
+    assert os.path.exists(d.socket)
+    assert d.stop() == 0
+    assert not os.path.exists(d.socket)
+    d.start()                                     # and it starts again on the same files
+    assert d.ask("ping") == "ACK pong"
+
+
+def test_second_daemon_on_a_live_socket_refuses_and_leaves_it_alone(make_daemon, db_url) -> None:
+    first = make_daemon(jobs={"hello": {}})
+    inode = os.stat(first.socket).st_ino
+    second = make_daemon(jobs={"hello": {}}, start=False, subdir="second")
+    second.cfg.write_text(second.cfg.read_text().replace("socket = ./upq.sock", f"socket = {first.socket}"))
+    second.start(expect_ok=False)
+    code = second.proc.wait(timeout=30)
+    assert code != 0
+    message = second.stderr()
+    assert first.socket in message and re.search(r"already|in use|another", message, re.I), message
+    assert "Traceback" not in message, message
+    assert os.stat(first.socket).st_ino == inode
+    node = json.loads(first.ask("stats")[4:])["nodes"][0]
+    if "pid" in node:                             # SPEC leaves a node's fields open
+        assert node["pid"] == first.proc.pid
+    assert first.wait_job(first.submit("hello name:still"))["state"] == "done"
+
+
+def test_stale_socket_file_left_by_kill_minus_nine_is_replaced(make_daemon) -> None:
+    d = make_daemon(jobs={"hello": {}})
+    d.kill(signal.SIGKILL)
+    assert os.path.exists(d.socket), "kill -9 should leave the socket file behind"
+    d.start()
+    assert d.wait_job(d.submit("hello name:again"))["state"] == "done"
+
+
+BAD_CONFIGS = [
+    ("shutdown_grace = 5", "shutdown_grace = soon", "[server]", "shutdown_grace"),
+    ("[db]\n", "[db]\ncolour = blue\n", "[db]", "colour"),
+    ("[job hello]\nenabled = true\n", "[job hello]\nenabled = true\nconcurrent = -1\n", "[job hello]", "concurrent"),
+    ("[job hello]\nenabled = true\n", "[job hello]\nenabled = maybe\n", "[job hello]", "enabled"),
+    ("[job hello]\nenabled = true\n", "[job hello]\nconcurrent = 1\n", "[job hello]", "enabled"),
+    ("[logging]\nloglevel = debug", "[logging]\nloglevel = chatty", "[logging]", "loglevel"),
+    ("[job hello]", "[job nosuchmodule]", "[job nosuchmodule]", "nosuchmodule"),
+    ("[job hello]", "[job ping]", "[job ping]", "ping"),
+    ("[job hello]", "[bogus]", "[bogus]", "bogus"),
+]
+
+
+@pytest.mark.parametrize("old,new,section,key", BAD_CONFIGS, ids=[c[3] + "-" + c[1].split()[-1] for c in BAD_CONFIGS])
+def test_bad_config_exits_non_zero_naming_section_and_key(workdir: Path, sqlite_url: str, old: str, new: str,
+                                                          section: str, key: str) -> None:
+    d = Daemon(workdir, sqlite_url, {"hello": {}})
+    text = d.cfg.read_text()
+    assert old in text
+    d.cfg.write_text(text.replace(old, new, 1))
+    d.start(expect_ok=False)
+    try:
+        code = d.proc.wait(timeout=30)
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+    assert code != 0
+    message = d.stderr()
+    assert str(d.cfg) in message and section in message and key in message, message
+    assert "Traceback" not in message, message
+    assert not os.path.exists(d.socket)
