@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
 
 .PHONY: run test check bench soak clean
 
@@ -19,8 +21,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# the peers (huey, RQ, redis-py) are installed for `make bench` only, never for `make test`
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["optional-dependencies"]["bench"]))')
+	touch $(BENCH_STAMP)
+
+# BENCH_ARGS="--n 5000" or "--quick" or "--only upq-sqlite,huey-sqlite" pass through to bench/run.py
+bench: $(BENCH_STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/backlog.py
+
+# minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
+soak: $(STAMP)
+	UPQ_SOAK=1 $(PY) -m pytest -q tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

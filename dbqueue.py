@@ -3,11 +3,16 @@
 `put` stores a job (ACK-able once the future resolves); `get` claims due jobs
 atomically (new -> running) for the workers that are idle right now, so memory
 holds at most one claimed job per idle worker however long the backlog is.
+Two shortcuts keep the database round trips per job low: a submission that
+finds an idle worker here is stored already claimed by this node and handed
+straight to it, and a worker records its outcome and claims its next job in
+one transaction (`finish`).
 """
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from concurrent.futures import Future
 from typing import Callable
@@ -33,6 +38,7 @@ class DBQueue(queue.Queue):
         self._generation = 0        # counts submissions, so a claimer never sleeps past one
         self._claiming = False
         self._waiting = 0
+        self._reserved = 0          # idle workers promised a job that is being stored claimed
         self._stopped = False
         self._next_due = float("inf")   # monotonic time a known delayed job becomes due
         self.held_back: set[int] = set()  # jobs whose timed-out run is still alive here
@@ -41,12 +47,32 @@ class DBQueue(queue.Queue):
     def put_async(self, params: dict[str, str], parent: int | None = None,
                   delay: float | None = None) -> "Future[int]":
         """Store a job; the future resolves to its id after commit, then a worker is woken."""
-        fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay)
         if delay:
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay)
             self.wake_at(time.monotonic() + delay)
-        else:
+            return fut
+        with self.mutex:
+            direct = not self._stopped and self._waiting - self._reserved - self._qsize() > 0
+            if direct:
+                self._reserved += 1
+        if not direct:
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent)
             fut.add_done_callback(lambda _f: self.wake())
+            return fut
+        fut = self.db.insert_job_async(self.jobname, params, parent=parent, state="running", node=self.node)
+        fut.add_done_callback(lambda f: self._hand_over(f, params, parent))
         return fut
+
+    def _hand_over(self, fut: "Future[int]", params: dict[str, str], parent: int | None) -> None:
+        """A job stored already claimed goes straight to the idle worker it was meant for."""
+        with self.mutex:
+            self._reserved -= 1
+            if fut.exception() is None:
+                now = utcnow()
+                self._put(JobRow(jobid=fut.result(), jobname=self.jobname, state="running", params=params,
+                                 msg="", result=None, attempts=1, retries_used=0, created=now, started=now,
+                                 finished=None, run_after=None, node=self.node, parent=parent))
+                self.not_empty.notify()
 
     def put(self, params: dict[str, str], block: bool = True, timeout: float | None = None) -> int:  # type: ignore[override]
         """Store a job and return its id once committed."""
@@ -90,7 +116,7 @@ class DBQueue(queue.Queue):
                 return self._get()
             if not self._claiming:
                 generation = self._generation
-                rows, failed = self._claim_unlocked(min(self._waiting, self.maxsize))
+                rows, failed = self._claim_unlocked(min(self._waiting, self.maxsize - self._qsize()))
                 for row in rows:
                     self._put(row)
                 if rows:
@@ -120,27 +146,30 @@ class DBQueue(queue.Queue):
             self.mutex.acquire()
             self._claiming = False
 
-    def task_done(self, row: JobRow, outcome: Outcome, policy: RetryPolicy,  # type: ignore[override]
-                  stopping: Callable[[], bool] = lambda: False) -> JobRow | None:
-        """Record a run's outcome, retrying through a database outage; None if it was stale."""
-        delay = 0.2
-        while True:
-            try:
-                stored = self.db.record_outcome(row, outcome, self.node, policy)
-                break
-            except DatabaseUnavailable as exc:
-                if stopping():
-                    self.log.warning("job %d: outcome not recorded before shutdown (%s); it will run again",
-                                     row.jobid, exc)
-                    return None
-                self.log.warning("job %d: recording outcome failed, retrying in %.1fs: %s",
-                                 row.jobid, delay, exc)
-                time.sleep(delay)
-                delay = min(5.0, delay * 2)
-        if stored is not None and stored.state == "new" and stored.run_after is not None:
-            wait = (stored.run_after - utcnow()).total_seconds()
-            self.wake_at(time.monotonic() + max(0.0, wait))
-        return stored
+    def finish(self, row: JobRow, outcome: Outcome, policy: RetryPolicy,
+               done: Callable[[JobRow | None, str], None], stopping: Callable[[], bool] = lambda: False,
+               delay: float = 0.2) -> None:
+        """Record a run's outcome without making the worker wait for the commit; `done(stored)`
+        runs after it (stored is None when fenced out or, with a reason, not recorded at all).
+        Retried through a database outage until the daemon stops."""
+        fut = self.db.record_outcome_async(row, outcome, self.node, policy)
+
+        def committed(f: "Future[JobRow | None]") -> None:
+            exc = f.exception()
+            if exc is None:
+                stored = f.result()
+                if stored is not None and stored.state == "new" and stored.run_after is not None:
+                    wait = (stored.run_after - utcnow()).total_seconds()
+                    self.wake_at(time.monotonic() + max(0.0, wait))
+                done(stored, "")
+            elif isinstance(exc, DatabaseUnavailable) and not stopping():
+                self.log.warning("job %d: recording outcome failed, retrying in %.1fs: %s", row.jobid, delay, exc)
+                t = threading.Timer(delay, self.finish, (row, outcome, policy, done, stopping, min(5.0, delay * 2)))
+                t.daemon = True
+                t.start()
+            else:
+                done(None, f"not recorded ({exc}); it will run again")
+        fut.add_done_callback(committed)
 
     def stop(self) -> list[JobRow]:
         """Wake every worker to leave; returns claimed jobs that never started."""

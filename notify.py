@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
@@ -43,6 +44,8 @@ SYSLOG_MSG_MAX = 1000           # characters of msg in a syslog record
 MAIL_FIELD_MAX = 10_000         # characters of msg / params / result in a mail body
 PROBE_TIMEOUT = 3.0             # cap on the start-up SMTP probe
 SEVERITY = {"done": 6, "failed": 3}     # syslog info / err
+# A body that is not plain short ASCII lines gets quoted-printable, so no server needs 8BITMIME.
+MAIL_POLICY = email_policy.default.clone(cte_type="7bit")
 _CONTROL = {c: " " for c in range(32)} | {127: " "}
 
 
@@ -129,19 +132,16 @@ class Notifier:
 
     def _enqueue(self, item: Notification) -> None:
         with self._cond:
-            if self._stopping:
-                full = None
-            elif len(self._pending) >= self.queue_size:
-                full = True
-            else:
+            stopping, full = self._stopping, len(self._pending) >= self.queue_size
+            if not (stopping or full):
                 self._pending.append(item)
                 self._cond.notify()
                 return
-        if full:
+        if stopping:
+            self.log.warning("notification for %s not sent: daemon stopping", item.describe())
+        else:
             self.log.warning("notification for %s dropped: %d notifications are already waiting",
                              item.describe(), self.queue_size)
-        else:
-            self.log.warning("notification for %s not sent: daemon stopping", item.describe())
 
     # -- the background thread ----------------------------------------------
     def _drain(self) -> None:
@@ -229,7 +229,7 @@ class Notifier:
         return self.mail.sender or f"upq@{self.hostname}"
 
     def mail_message(self, addresses: tuple[str, ...], row: JobRow) -> EmailMessage:
-        msg = EmailMessage()
+        msg = EmailMessage(policy=MAIL_POLICY)
         msg["Subject"] = f"[upq] {row.jobname} #{row.jobid} {row.state}"
         msg["From"] = self.sender
         msg["To"] = ", ".join(addresses)

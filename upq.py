@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -80,7 +81,10 @@ def prepare(d: Daemon) -> None:
 
     config, log = d.config, d.log
     path = config.paths.socket
-    if os.path.exists(path):
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise StartupError(f"[paths] socket = {path} exists and is not a socket; "
+                               f"not removing it (move it away or pick another path)")
         if socket_in_use(path):
             raise StartupError(f"another upq is already serving on {path}; not starting a second one")
         log.info("removing stale socket file %s", path)

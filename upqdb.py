@@ -1,18 +1,15 @@
-"""All of upq's SQL: schema, the job table's state changes, and group commit.
+"""All of upq's SQL: the schema and every state change of a job.
 
-Every write goes through one `Writer` thread that packs the writes waiting at
-that moment into one transaction (group commit): concurrent submissions share
-one fsync, and on SQLite there is a single writing connection, so writers never
-fight over the lock. Reads run on their own pooled connections.
+Every write goes through the group-commit `Writer` (groupcommit.py); reads run
+on their own pooled connections.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
-import queue
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,12 +20,13 @@ from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData,
                         insert, select, update)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
+
+from groupcommit import DatabaseUnavailable, RowInsert, Writer, describe
 
 SCHEMA_VERSION = 1
 MAX_MSG_CHARS = 4000            # msg is a short text; longer ones are cut (documented)
 MAX_RESULT_CHARS = 1_000_000    # a result's JSON beyond this is replaced by an error note
-WRITE_BATCH = 1000              # most writes in one group-commit transaction
 STATES_FINAL = ("done", "failed", "cancelled")
 # "held": stored by enqueue_job() inside check(), not yet accepted; shown as "new".
 STATES = ("held", "new", "running") + STATES_FINAL
@@ -80,10 +78,6 @@ meta = Table(
     Column("name", String(64), primary_key=True),
     Column("value", String(255), nullable=False),
 )
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached or refused the work; str() is the reason."""
 
 
 @dataclass(frozen=True)
@@ -182,25 +176,6 @@ def _row(r: Any) -> JobRow:
         attempts=r.attempts, retries_used=r.retries_used, created=r.created,
         started=r.started, finished=r.finished, run_after=r.run_after,
         node=r.node, parent=r.parent)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Deadlock, lock wait timeout (MySQL) or a busy SQLite file: worth retrying."""
-    orig = getattr(exc, "orig", None)
-    code = orig.args[0] if orig is not None and orig.args else None
-    return code in (1213, 1205) or "database is locked" in str(exc)
-
-
-def _is_connection_problem(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError"))
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line reason for the client, without SQL or parameters."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).splitlines()[0] if str(orig or exc) else type(exc).__name__
-    return f"database unavailable: {text}"
 
 
 class Database:
@@ -328,16 +303,18 @@ class Database:
                          node: str | None = None, parent: int | None = None,
                          delay: float | None = None) -> "Future[int]":
         """Store a job (due `delay` seconds from now); the future holds its id once committed."""
+        now = utcnow()
+        running = state == "running"
+        values = dict(jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
+                      msg="", attempts=1 if running else 0, retries_used=0, created=now,
+                      started=now if running else None, run_after=None, node=node, parent=parent,
+                      cancel_requested=0)
+        if not delay:
+            return self.writer.submit(RowInsert(jobs, values))
+
         def op(conn: Connection) -> int:
-            now = utcnow()
-            run_after = None if not delay else self.db_now(conn) + dt.timedelta(seconds=delay)
-            running = state == "running"
-            res = conn.execute(insert(jobs).values(
-                jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
-                msg="", attempts=1 if running else 0, retries_used=0, created=now,
-                started=now if running else None, run_after=run_after,
-                node=node, parent=parent))
-            return int(res.inserted_primary_key[0])
+            values["run_after"] = self.db_now(conn) + dt.timedelta(seconds=delay)
+            return RowInsert(jobs, values)(conn)
         return self.writer.submit(op)
 
     def accept_held(self, jobid: int, params: dict[str, str], state: str, node: str,
@@ -360,50 +337,77 @@ class Database:
     def claim(self, jobname: str, limit: int, node: str, exclude: Iterable[int] = ()) -> list[JobRow]:
         """Atomically move up to `limit` due jobs new -> running for this node."""
         skip = tuple(exclude)
-        def op(conn: Connection) -> list[JobRow]:
-            now = self.db_now(conn)
-            due = (jobs.c.run_after.is_(None)) | (jobs.c.run_after <= now)
-            cond = [jobs.c.jobname == jobname, jobs.c.state == "new", due]
-            if skip:
-                cond.append(jobs.c.jobid.not_in(skip))
-            ids = [r[0] for r in conn.execute(
-                select(jobs.c.jobid)
-                .where(*cond)
-                .order_by(jobs.c.jobid).limit(limit)
-                .with_for_update(skip_locked=True))]
-            if not ids:
-                return []
-            conn.execute(update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == "new").values(
-                state="running", attempts=jobs.c.attempts + 1, started=now, finished=None, node=node,
-                cancel_requested=0))
-            rows = conn.execute(select(jobs).where(jobs.c.jobid.in_(ids)).order_by(jobs.c.jobid))
-            return [_row(r) for r in rows if r.state == "running" and r.node == node]
-        return self.write(op)
+        return self.write(lambda conn: self._claim(conn, jobname, limit, node, skip))
 
     def record_outcome(self, row: JobRow, outcome: Outcome, node: str,
                        policy: RetryPolicy = RetryPolicy()) -> JobRow | None:
         """Write how a run ended (re-queueing it when a retry is due); fenced so a stale
         run cannot overwrite a newer one. Returns the stored row, None if fenced out."""
-        def op(conn: Connection) -> JobRow | None:
-            fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
-                     jobs.c.attempts == row.attempts, jobs.c.node == node)
-            cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
-            if cur is None:
-                return None
-            now = self.db_now(conn)
-            values: dict[str, Any] = {"msg": cap_msg(outcome.msg), "result": encode_result(outcome.result),
-                                      "state": outcome.state, "finished": now}
-            delay = policy.next_delay(cur.retries_used) if outcome.state == "failed" else None
-            if cur.cancel_requested:
-                values["state"] = "cancelled"
-            elif outcome.state == "retry":
-                values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=outcome.delay))
-            elif delay is not None:
-                values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=delay),
-                              retries_used=cur.retries_used + 1)
-            conn.execute(update(jobs).where(*fence).values(**values))
-            return _row(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
-        return self.write(op)
+        return self.write(lambda conn: self._record(conn, row, outcome, node, policy))
+
+    def record_outcome_async(self, row: JobRow, outcome: Outcome, node: str,
+                             policy: RetryPolicy) -> "Future[JobRow | None]":
+        """record_outcome without waiting: a worker goes on while the commit is shared."""
+        return self.writer.submit(lambda conn: self._record(conn, row, outcome, node, policy))
+
+    def unclaim(self, rows: Iterable[JobRow], node: str) -> None:
+        """Claimed jobs that never started go back to new (at shutdown), attempts as before."""
+        for row in rows:
+            self.write(lambda conn, r=row: conn.execute(
+                update(jobs).where(jobs.c.jobid == r.jobid, jobs.c.state == "running",
+                                   jobs.c.attempts == r.attempts, jobs.c.node == node)
+                .values(state="new", attempts=r.attempts - 1, started=None)))
+
+    def _claim(self, conn: Connection, jobname: str, limit: int, node: str,
+               skip: tuple[int, ...]) -> list[JobRow]:
+        now = self.db_now(conn)
+        due = (jobs.c.run_after.is_(None)) | (jobs.c.run_after <= now)
+        cond = [jobs.c.jobname == jobname, jobs.c.state == "new", due]
+        if skip:
+            cond.append(jobs.c.jobid.not_in(skip))
+        pick = select(jobs.c.jobid).where(*cond).order_by(jobs.c.jobid).limit(limit)
+        claimed = dict(state="running", attempts=jobs.c.attempts + 1, started=now, finished=None,
+                       node=node, cancel_requested=0)
+        if self.is_sqlite:
+            # one statement; the writer's BEGIN IMMEDIATE makes it atomic across processes too
+            rows = conn.execute(update(jobs).where(jobs.c.jobid.in_(pick)).values(**claimed).returning(jobs))
+            return sorted((_row(r) for r in rows), key=lambda r: r.jobid)
+        ids = [r[0] for r in conn.execute(pick.with_for_update(skip_locked=True))]
+        if not ids:
+            return []
+        conn.execute(update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == "new").values(**claimed))
+        rows = conn.execute(select(jobs).where(jobs.c.jobid.in_(ids)).order_by(jobs.c.jobid))
+        return [_row(r) for r in rows if r.state == "running" and r.node == node]
+
+    def _record(self, conn: Connection, row: JobRow, outcome: Outcome, node: str,
+                policy: RetryPolicy) -> JobRow | None:
+        fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
+                 jobs.c.attempts == row.attempts, jobs.c.node == node)
+        final = outcome.state == "done" or (outcome.state == "failed" and policy.next_delay(row.retries_used) is None)
+        msg, result = cap_msg(outcome.msg), encode_result(outcome.result)
+        if final:
+            # the common case: one fenced statement, no read back
+            now = utcnow()
+            res = conn.execute(update(jobs).where(*fence, jobs.c.cancel_requested == 0)
+                               .values(state=outcome.state, msg=msg, result=result, finished=now))
+            if res.rowcount == 1:
+                return dataclasses.replace(row, state=outcome.state, msg=msg, finished=now,
+                                           result=None if result is None else json.loads(result))
+        cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
+        if cur is None:
+            return None
+        now = self.db_now(conn)
+        values: dict[str, Any] = {"msg": msg, "result": result, "state": outcome.state, "finished": now}
+        delay = policy.next_delay(cur.retries_used) if outcome.state == "failed" else None
+        if cur.cancel_requested:
+            values["state"] = "cancelled"
+        elif outcome.state == "retry":
+            values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=outcome.delay))
+        elif delay is not None:
+            values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=delay),
+                          retries_used=cur.retries_used + 1)
+        conn.execute(update(jobs).where(*fence).values(**values))
+        return _row(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
 
     def cancel(self, jobid: int) -> tuple[str, JobRow] | None:
         """A queued job is cancelled at once, a running one flagged; returns (state before, row)."""
@@ -516,69 +520,3 @@ class Database:
                                .values(state="new"))
             return res.rowcount
         return self.write(op)
-
-
-class Writer:
-    """One thread, one connection: runs queued write operations in shared transactions."""
-
-    def __init__(self, engine: Engine, logger: logging.Logger):
-        self.engine = engine
-        self.log = logger
-        self.queue: "queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None]" = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join(timeout=10)
-
-    def submit(self, fn: Callable[[Connection], T]) -> "Future[T]":
-        fut: Future[T] = Future()
-        self.queue.put((fn, fut))
-        return fut
-
-    def _loop(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < WRITE_BATCH:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.put(None)
-                    break
-                batch.append(nxt)
-            self._run_batch(batch)
-
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], "Future[Any]"]]) -> None:
-        for attempt in range(5):
-            try:
-                results = self._transaction([fn for fn, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - the writer must never die
-                if _is_transient(exc) and attempt < 4:
-                    time.sleep(0.05 * 2 ** attempt)
-                    continue
-                if _is_connection_problem(exc) or len(batch) == 1:
-                    self.log.warning("database write failed (%d operations): %s", len(batch), exc)
-                    err = DatabaseUnavailable(describe(exc)) if isinstance(exc, SQLAlchemyError) else exc
-                    for _, fut in batch:
-                        fut.set_exception(err)
-                    return
-                # one bad operation must not sink the others: run each on its own
-                for pair in batch:
-                    self._run_batch([pair])
-                return
-            for (_, fut), res in zip(batch, results):
-                fut.set_result(res)
-            return
-
-    def _transaction(self, fns: Iterable[Callable[[Connection], Any]]) -> list[Any]:
-        with self.engine.begin() as conn:
-            return [fn(conn) for fn in fns]

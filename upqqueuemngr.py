@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from dbqueue import DBQueue, QueueStopped
 from parseconfig import Config, JobConfig
-from upqdb import STATES_FINAL, Database, JobRow, Outcome, RetryPolicy
+from upqdb import STATES_FINAL, Database, DatabaseUnavailable, JobRow, Outcome, RetryPolicy
 from upqjob import Retry, UpqJob
 
 
@@ -46,7 +46,7 @@ class JobType:
     live: int = 0                                 # worker threads alive
     lent: int = 0                                 # runs waiting on a child: extra workers allowed
     abandoned: int = 0                            # timed-out runs whose thread is still alive
-    running: int = 0
+    active: int = 0                               # worker runs holding a slot (not waiting on a child)
     threads: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -98,17 +98,17 @@ class Completions:
 class ChildFinished(threading.Event):
     """`child.finished` of a sub-job: waiting on it lends the parent's worker slot."""
 
-    def __init__(self, manager: "QueueManager", child: UpqJob, lender: JobType | None):
+    def __init__(self, manager: "QueueManager", child: UpqJob, parent: UpqJob):
         super().__init__()
         self._manager = manager
         self._child = child
-        self._lender = lender
+        self._parent = parent
 
     def wait(self, timeout: float | None = None) -> bool:
         if self.is_set():
             return True
         assert self._child.jobid is not None
-        with self._manager.lending(self._lender):
+        with self._manager.lending(self._parent):
             row = self._manager.wait(self._child.jobid, timeout, lambda: False)
         if row is None:
             return False
@@ -124,7 +124,7 @@ def run_job(job: UpqJob, log: logging.Logger) -> Outcome:
         ok = job.run()
     except SystemExit as exc:
         return Outcome("failed", f"SystemExit: run() called sys.exit({exc.code!r})", job.result)
-    except Exception as exc:  # noqa: BLE001 - a job's bug must not reach the daemon
+    except BaseException as exc:  # noqa: BLE001 - a job's bug (even KeyboardInterrupt) must not reach the daemon
         log.exception("job %s #%s raised", job.jobname, job.jobid)
         return Outcome("failed", f"{type(exc).__name__}: {exc}", job.result)
     if ok is True:
@@ -194,13 +194,21 @@ class QueueManager:
                     for _ in range(jt.slots + jt.lent - jt.live):
                         self._spawn_worker(jt)
                 assert jt.queue is not None
+                jt.queue.maxsize = jt.slots
                 jt.queue.kick()          # extra workers notice and retire
         self.config = config
         return changes
 
     def _retire_type(self, jt: JobType) -> None:
-        if jt.queue is not None:
-            jt.queue.stop()
+        """Its workers leave after their current job; jobs claimed but not started go back."""
+        if jt.queue is None:
+            return
+        left = jt.queue.stop()
+        try:
+            self.db.unclaim(left, self.node)
+        except DatabaseUnavailable as exc:
+            self.log.warning("%d claimed %s job(s) stay running until the next start: %s",
+                             len(left), jt.name, exc)
 
     def wake_all(self) -> None:
         """Jobs were re-queued behind our back (a dead node's): let every type look."""
@@ -214,8 +222,7 @@ class QueueManager:
         with self._lock:
             self._lock.notify_all()
         for jt in self.types.values():
-            if jt.queue is not None:
-                jt.queue.stop()
+            self._retire_type(jt)
         deadline = time.monotonic() + grace
         for jt in self.types.values():
             for t in list(jt.threads):
@@ -245,7 +252,7 @@ class QueueManager:
         jt = self.job_type(jobname)
         child = self._instantiate(jt, dict(params))
         self._check(child)
-        child.finished = ChildFinished(self, child, self.types.get(parent.jobname))
+        child.finished = ChildFinished(self, child, parent)
         acc = self._store(jt, child, parent=parent.jobid).result()
         child.jobid = acc.jobid
         return child
@@ -309,7 +316,7 @@ class QueueManager:
         row = self.db.get_job(job.jobid)
         assert row is not None
         job.attempt = row.attempts
-        stored = self._execute(jt, job, row)
+        stored = self._execute(jt, job, row, wait=True)
         return Accepted(row.jobid, stored.msg if stored else job.msg,
                         ok=stored is not None and stored.state == "done")
 
@@ -355,13 +362,16 @@ class QueueManager:
             jt.live -= 1
 
     @contextlib.contextmanager
-    def lending(self, jt: JobType | None) -> Iterator[None]:
-        """While a run waits on a child, its type may run one more job (no deadlock at concurrent = 1)."""
-        if jt is None or jt.queue is None:
-            yield
+    def lending(self, parent: UpqJob) -> Iterator[None]:
+        """While a run waits on a child it gives up its slot (and a thread is added if needed), so
+        `concurrent` bounds only the runs not waiting: no deadlock even at concurrent = 1."""
+        jt = self.types.get(parent.jobname)
+        if jt is None or not getattr(parent, "_upq_slot", False):
+            yield               # an inline run holds no slot
             return
         with self._lock:
             jt.lent += 1
+            self._release_slot(jt, parent)
             if jt.live < jt.slots + jt.lent and not self.stopping:
                 self._spawn_worker(jt)
         try:
@@ -369,21 +379,39 @@ class QueueManager:
         finally:
             with self._lock:
                 jt.lent -= 1
-            jt.queue.kick()
+                self._acquire_slot(jt, parent)
+            if jt.queue is not None:
+                jt.queue.kick()         # an extra worker may retire now
 
-    def _execute(self, jt: JobType, job: UpqJob, row: JobRow) -> JobRow | None:
+    def _acquire_slot(self, jt: JobType, job: UpqJob) -> None:
+        """Wait for a free slot of the type; caller holds self._lock."""
+        while jt.active >= jt.slots and not self.stopping:
+            self._lock.wait(1.0)
+        jt.active += 1
+        job._upq_slot = True  # type: ignore[attr-defined]
+
+    def _release_slot(self, jt: JobType, job: UpqJob) -> None:
+        """Caller holds self._lock."""
+        if getattr(job, "_upq_slot", False):
+            jt.active -= 1
+            job._upq_slot = False  # type: ignore[attr-defined]
+            self._lock.notify_all()
+
+    def _execute(self, jt: JobType, job: UpqJob, row: JobRow, wait: bool = False) -> JobRow | None:
+        """Run one claimed job; a worker's run (wait=False) holds one of the type's slots."""
         with self._lock:
-            jt.running += 1
+            if not wait:
+                self._acquire_slot(jt, job)
             self._running[row.jobid] = job
         try:
             outcome = self._run_bounded(jt, job, row)
         finally:
             with self._lock:
-                jt.running -= 1
                 self._running.pop(row.jobid, None)
+                self._release_slot(jt, job)
         if outcome.state == "retry" and outcome.delay < 0:
             outcome = Outcome("retry", outcome.msg, outcome.result, jt.config.retry_delay)
-        return self._finish(jt, row, outcome, job)
+        return self._finish(jt, row, outcome, job, wait)
 
     def _run_bounded(self, jt: JobType, job: UpqJob, row: JobRow) -> Outcome:
         """run() with the type's timeout: past it the job fails and its thread is left to end alone."""
@@ -418,18 +446,40 @@ class QueueManager:
             jt.queue.held_back.discard(jobid)
             jt.queue.wake()
 
-    def _finish(self, jt: JobType, row: JobRow, outcome: Outcome, job: UpqJob | None) -> JobRow | None:
-        if jt.queue is not None:
-            stored = jt.queue.task_done(row, outcome, jt.policy, lambda: self.stopping)
-        else:
-            stored = self.db.record_outcome(row, outcome, self.node, jt.policy)
-        if stored is None:
+    def _finish(self, jt: JobType, row: JobRow, outcome: Outcome, job: UpqJob | None,
+                wait: bool = False) -> JobRow | None:
+        """Record the outcome; waiters and notifiers are told once it is committed. Workers
+        do not wait for that commit (wait=False): it is shared with the next ones."""
+        assert jt.queue is not None
+        if not wait:
+            jt.queue.finish(row, outcome, jt.policy,
+                            lambda stored, error: self._ended(jt, row, outcome, job, stored, error),
+                            lambda: self.stopping)
+            return None
+        box: list[JobRow | None] = []
+        committed = threading.Event()
+
+        def done(stored: JobRow | None, error: str) -> None:
+            self._ended(jt, row, outcome, job, stored, error)
+            box.append(stored)
+            committed.set()
+        jt.queue.finish(row, outcome, jt.policy, done, lambda: self.stopping)
+        committed.wait()
+        return box[0]
+
+    def _ended(self, jt: JobType, row: JobRow, outcome: Outcome, job: UpqJob | None,
+               stored: JobRow | None, error: str) -> None:
+        """After the outcome's commit: log, wake waiters, notify."""
+        if error:
+            self.log.warning("job %d: outcome %s %s", row.jobid, outcome.state, error)
+        elif stored is None:
             self.log.warning("job %d: outcome %s discarded (the job was taken over)", row.jobid, outcome.state)
         elif stored.state == "new":
             self.log.info("job %s #%d attempt %d: %s; runs again after %s", row.jobname, row.jobid,
                           row.attempts, outcome.msg, stored.run_after)
         else:
-            self.log.log(logging.INFO if stored.state == "done" else logging.WARNING,
+            # done is the hot path: at debug, so the log does not slow a busy daemon down
+            self.log.log(logging.DEBUG if stored.state == "done" else logging.WARNING,
                          "job %s #%d %s: %s", row.jobname, row.jobid, stored.state, stored.msg)
         if stored is not None and stored.is_final:
             if job is not None and not isinstance(job.finished, ChildFinished):
@@ -439,7 +489,6 @@ class QueueManager:
             except Exception:  # noqa: BLE001 - reporting must never break job processing
                 self.log.exception("job %d: the on_final hook failed", row.jobid)
         self.completions.notify(row.jobid)
-        return stored
 
     # -- commands ----------------------------------------------------------
     def cancel(self, jobid: int) -> JobRow:

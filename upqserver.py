@@ -402,12 +402,12 @@ class LineHandler(socketserver.BaseRequestHandler):
         return self.authed
 
     def _gone(self) -> bool:
-        """Has the client hung up? (checked while `wait` blocks)"""
-        sock: socket.socket = self.request
+        """Has the client hung up? (checked while `wait` blocks). A client that only closed its
+        sending side still reads its answer: Unix sockets tell the two apart by POLLHUP."""
+        poller = select.poll()
+        poller.register(self.request, select.POLLHUP | select.POLLERR)
         try:
-            if not select.select([sock], [], [], 0)[0]:
-                return False
-            return sock.recv(1, socket.MSG_PEEK) == b""
+            return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poller.poll(0))
         except OSError:
             return True
 

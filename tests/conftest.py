@@ -75,7 +75,8 @@ class Conn:
 class Daemon:
     """A real upq process on its own folder, config and socket."""
 
-    def __init__(self, workdir: Path, db_url: str, jobs: dict[str, dict[str, str]], extra: str = ""):
+    def __init__(self, workdir: Path, db_url: str, jobs: dict[str, dict[str, str]], extra: str = "",
+                 server: dict[str, str] | None = None):
         self.dir = workdir
         self.db_url = db_url
         self.socket = str(workdir / "upq.sock")
@@ -87,14 +88,20 @@ class Daemon:
         jobs_dir.mkdir(exist_ok=True)
         for src in list((ROOT / "jobs").glob("*.py")) + list(TEST_JOBS.glob("*.py")):
             shutil.copy(src, jobs_dir / src.name)
+        self.server = dict(server or {})
         self.write_config(jobs, extra)
 
-    def write_config(self, jobs: dict[str, dict[str, str]], extra: str = "") -> None:
+    def write_config(self, jobs: dict[str, dict[str, str]], extra: str = "",
+                     server: dict[str, str] | None = None) -> None:
+        """`server` adds or overrides [server] keys (default: those given at construction)."""
+        if server is not None:
+            self.server = dict(server)
+        srv = {"allow_root": "true", "shutdown_grace": "5", "poll_interval": "0.2", **self.server}
         sections = [
             "[logging]\nloglevel = debug\nlogfile = ./upq.log\n",
             f"[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\nrecords = ./records.log\n",
             f"[db]\nurl = {self.db_url}\n",
-            "[server]\nallow_root = true\nshutdown_grace = 5\npoll_interval = 0.2\n",
+            "[server]\n" + "".join(f"{k} = {v}\n" for k, v in srv.items()),
         ]
         for name, opts in jobs.items():
             body = "".join(f"{k} = {v}\n" for k, v in {"enabled": "true", **opts}.items())
@@ -258,10 +265,10 @@ def make_daemon(workdir: Path, db_url: str) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
 
     def factory(jobs: dict[str, dict[str, str]] | None = None, extra: str = "", start: bool = True,
-                subdir: str = "") -> Daemon:
+                subdir: str = "", server: dict[str, str] | None = None) -> Daemon:
         d = workdir / subdir if subdir else workdir
         d.mkdir(exist_ok=True)
-        daemon = Daemon(d, db_url, DEFAULT_JOBS if jobs is None else jobs, extra)
+        daemon = Daemon(d, db_url, DEFAULT_JOBS if jobs is None else jobs, extra, server)
         made.append(daemon)
         return daemon.start() if start else daemon
 

@@ -252,6 +252,15 @@ def test_enqueue_in_check_then_false_removes_the_job(shared_daemon: Daemon) -> N
     assert not any("enqueuerefuse-ran" in " ".join(r) for r in shared_daemon.read_records())
 
 
+def test_enqueue_in_check_then_raise_removes_the_job(shared_daemon: Daemon) -> None:
+    before = newest_jobid(shared_daemon)
+    answer = refused_without_storing(shared_daemon, b"enqueuerefuse raise\n")
+    assert "RuntimeError" in answer and "blew up after enqueueing" in answer, answer
+    held_id = int(re.search(r"enqueueing (\d+)", answer).group(1))
+    assert shared_daemon.ask(f"status {held_id}").startswith("ERR ")
+    assert newest_jobid(shared_daemon) == before
+
+
 # -- what answers look like ------------------------------------------------------------------
 
 def test_plain_answers_never_hold_line_breaks_and_are_cut_at_1_kib(shared_daemon: Daemon) -> None:

@@ -15,11 +15,12 @@ import pytest
 from conftest import Daemon, wait_for
 
 DAEMON_JOBS = {
-    "hello": {"concurrent": "2", "greeting": "Hi"},
+    "hello": {"concurrent": "8", "greeting": "Hi"},
     "fail": {},
     "sleep": {"concurrent": "2"},
     "record": {"concurrent": "2"},
     "resize": {"concurrent": "3", "var": "big"},
+    "stamp": {},
 }
 JOB_FIELDS = {"jobid", "jobname", "state", "params", "msg", "result", "attempts", "created",
               "started", "finished", "run_after"}
@@ -104,6 +105,28 @@ def test_wait_with_timeout_on_a_long_job_answers_err_timeout(shared_daemon: Daem
         assert 0.25 <= elapsed < 2.5, elapsed
         assert conn.ask("ping") == "ACK pong"
     assert shared_daemon.job(jobid)["state"] in ("new", "running")
+
+
+def test_wait_answers_a_client_that_only_closed_its_sending_side(shared_daemon: Daemon) -> None:
+    """`printf 'wait 7\\n' | nc -N -U upq.sock` half-closes after the request: that client has not
+    gone away (it still reads), so it must get the job, not a timeout it never asked for."""
+    import socket
+    jobid = shared_daemon.submit("sleep seconds:1")
+    with shared_daemon.connect(timeout=20) as conn:
+        conn.send(f"wait {jobid}\n")
+        conn.sock.shutdown(socket.SHUT_WR)
+        answer = conn.line()
+    assert answer.startswith("ACK {"), answer
+    assert json.loads(answer[4:])["state"] == "done"
+
+
+def test_half_closed_client_gets_every_pipelined_answer(shared_daemon: Daemon) -> None:
+    import socket
+    with shared_daemon.connect() as conn:
+        conn.send("hello name:h\nping\nnosuch\n")
+        conn.sock.shutdown(socket.SHUT_WR)
+        answers = [conn.line() for _ in range(3)]
+    assert re.fullmatch(r"ACK \d+", answers[0]) and answers[1] == "ACK pong" and answers[2].startswith("ERR ")
 
 
 def test_status_of_a_running_job_says_running(shared_daemon: Daemon) -> None:
@@ -230,15 +253,22 @@ def test_stats_counts_per_job_type_and_lists_this_node(make_daemon) -> None:
     empty = payload(d.ask("stats"))
     assert set(empty) >= {"jobs", "nodes"}
     zero = {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
-    assert empty["jobs"] == {"hello": {**zero, "workers": 3}, "fail": {**zero, "workers": 1},
-                             "record": {**zero, "workers": 0}}
+
+    def shape(counts: dict) -> dict:
+        return {k: counts[k] for k in (*zero, "workers")}
+    assert set(empty["jobs"]) == {"hello", "fail", "record"}
+    assert shape(empty["jobs"]["hello"]) == {**zero, "workers": 3}
+    assert shape(empty["jobs"]["fail"]) == {**zero, "workers": 1}
+    assert {k: empty["jobs"]["record"][k] for k in zero} == zero
     assert isinstance(empty["nodes"], list) and len(empty["nodes"]) == 1
     ids = [d.submit("hello name:s") for _ in range(2)]
     for jobid in ids + [d.submit("fail")]:
         d.wait_job(jobid)
+    assert d.ask("record").startswith("ACK ")
     stats = payload(d.ask("stats"))
-    assert stats["jobs"]["hello"] == {**zero, "done": 2, "workers": 3}
-    assert stats["jobs"]["fail"] == {**zero, "failed": 1, "workers": 1}
+    assert shape(stats["jobs"]["hello"]) == {**zero, "done": 2, "workers": 3}
+    assert shape(stats["jobs"]["fail"]) == {**zero, "failed": 1, "workers": 1}
+    assert {k: stats["jobs"]["record"][k] for k in zero} == {**zero, "done": 1}
     assert len(stats["nodes"]) == 1
 
 
@@ -278,6 +308,29 @@ def test_concurrency_limit_is_held(make_daemon) -> None:
     assert sorted(int(r[1]) for r in records if r[0] == "start") == ids
     assert sorted(int(r[1]) for r in records if r[0] == "end") == ids
     assert max_overlap(records) == 2, records
+
+
+def test_only_jobs_actually_running_are_shown_running(make_daemon) -> None:
+    """With concurrent = 2 and a backlog, `running` (status, list, stats) means the 2 runs in
+    progress; the rest stay `new` with attempts 0 (SPEC: `attempts` counts runs started)."""
+    d = make_daemon(jobs={"gate": {"concurrent": "2"}})
+    with d.connect() as conn:
+        conn.send("gate pass\n" * 4 + "gate\n" * 40)       # workers come back for more while a backlog waits
+        passing = [int(conn.line()[4:]) for _ in range(4)]
+        ids = [int(conn.line()[4:]) for _ in range(40)]
+    for jobid in passing:
+        assert d.wait_job(jobid)["state"] == "done"
+    wait_for(lambda: len([r for r in d.read_records() if r[0] == "start"]) == 6, 10, "2 gate runs")
+    started = {int(r[1]) for r in d.read_records()} - set(passing)
+    running = payload(d.ask("list running"))
+    assert {j["jobid"] for j in running} == started, [j["jobid"] for j in running]
+    assert payload(d.ask("stats"))["jobs"]["gate"]["running"] == 2
+    waiting = [d.job(jobid) for jobid in ids if jobid not in started]
+    assert all(j["state"] == "new" and j["attempts"] == 0 and j["started"] is None for j in waiting), \
+        [(j["jobid"], j["state"], j["attempts"]) for j in waiting if j["state"] != "new" or j["attempts"]][:10]
+    (d.dir / "gate.open").touch()
+    assert all(j["state"] == "done" and j["attempts"] == 1 for j in
+               [d.wait_job(jobid) for jobid in ids])
 
 
 def test_concurrent_zero_runs_inline_and_answers_after_the_run(make_daemon) -> None:
@@ -336,6 +389,26 @@ def test_resize_job_from_the_issue_with_a_quoted_file_name(shared_daemon: Daemon
     assert shared_daemon.ask("resize").startswith("ERR file missing")
 
 
+@pytest.mark.parametrize("line", ["stamp a:1 drop:x", "stamp a:1 drop:x early"], ids=["plain", "enqueued-in-check"])
+def test_jobdata_is_stored_as_check_leaves_it(shared_daemon: Daemon, line: str) -> None:
+    jobid = shared_daemon.submit(line)
+    job = shared_daemon.wait_job(jobid)
+    expected = {"a": "1", "stamped": "yes"} | ({"early": ""} if "early" in line else {})
+    assert job["state"] == "done" and job["params"] == expected, job
+    assert job["result"] == expected
+
+
+def test_jobdata_is_stored_as_check_leaves_it_inline(make_daemon) -> None:
+    d = make_daemon(jobs={"stamp": {"concurrent": "0"}})
+    for line, extra in (("stamp a:1 drop:x", {}), ("stamp a:1 early", {"early": ""})):
+        answer = d.ask(line)
+        assert answer.startswith("ACK "), answer
+        job = d.job(int(answer.split()[1]))
+        assert job["state"] == "done" and job["attempts"] == 1, job
+        assert job["params"] == job["result"] == {"a": "1", "stamped": "yes", **extra}, job
+    assert [j["jobid"] for j in payload(d.ask("list"))] == [2, 1]
+
+
 # -- upq-cli.py ----------------------------------------------------------------------------
 
 def test_cli_submits_and_exits_0_on_ack(shared_daemon: Daemon) -> None:
@@ -345,6 +418,20 @@ def test_cli_submits_and_exits_0_on_ack(shared_daemon: Daemon) -> None:
     r2 = shared_daemon.cli("hello name:cli")
     assert r2.returncode == 0 and re.fullmatch(r"ACK \d+\n", r2.stdout), r2
     assert shared_daemon.job(int(r.stdout.split()[1]))["params"] == {"name": "cli"}
+
+
+def test_cli_finds_the_socket_through_the_config_file(shared_daemon: Daemon) -> None:
+    import os
+    import subprocess
+    import sys
+    from conftest import CLI
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPQ_")}
+    r = subprocess.run([sys.executable, str(CLI), "-c", str(shared_daemon.cfg), "ping"], cwd="/",
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0 and r.stdout == "ACK pong\n", r
+    r = subprocess.run([sys.executable, str(CLI), "ping"], cwd="/", capture_output=True, text=True,
+                       timeout=30, env={**env, "UPQ_SOCKET": shared_daemon.socket})
+    assert r.returncode == 0 and r.stdout == "ACK pong\n", r
 
 
 def test_cli_exits_1_on_err(shared_daemon: Daemon) -> None:

@@ -96,23 +96,25 @@ def test_kill_minus_nine_during_submissions_keeps_every_acked_job(make_daemon) -
     jobs = wait_all(d, ids)
     assert all(j["state"] == "done" for j in jobs), [(j["jobid"], j["state"]) for j in jobs if j["state"] != "done"]
     history = starts(d.read_records())
-    assert all(history[jobid] for jobid in ids)
+    assert set(ids) <= set(history)
+    # besides the ACKed jobs, only lines still in flight at the kill may have been stored
+    assert all(jobid > max(ids) for jobid in set(history) - set(ids)), sorted(set(history) - set(ids))
     for jobid, attempts in history.items():
-        # at most one re-run, and only for a job the kill interrupted
-        assert attempts in ([1], [1, 2]), (jobid, attempts)
-    assert sum(1 for a in history.values() if a == [1, 2]) <= 2    # concurrent = 2
+        # at most one re-run, for a job the kill interrupted ([2] alone: claimed, killed before
+        # run() wrote its start line)
+        assert attempts in ([1], [1, 2], [2]), (jobid, attempts)
 
 
 def test_restart_with_a_2000_job_backlog_resumes_them_all(make_daemon) -> None:
     n = 2000
-    d = make_daemon(jobs={"gate": {"concurrent": "4"}})
+    d = make_daemon(jobs={"gate": {"concurrent": "16"}})
     with d.connect(timeout=60) as conn:
         conn.send("".join(f"gate i:{i}\n" for i in range(n)))
         answers = [conn.line() for _ in range(n)]
     assert all(re.fullmatch(r"ACK \d+", a) for a in answers)
     ids = [int(a[4:]) for a in answers]
     assert len(set(ids)) == n
-    wait_for(lambda: len(starts(d.read_records())) == 4, 10, "4 gate jobs to block their workers")
+    wait_for(lambda: len(starts(d.read_records())) == 16, 10, "16 gate jobs to block their workers")
     d.kill(signal.SIGKILL)
     interrupted = set(starts(d.read_records()))
 
@@ -127,7 +129,11 @@ def test_restart_with_a_2000_job_backlog_resumes_them_all(make_daemon) -> None:
     history = starts(d.read_records())
     assert set(history) == set(ids)
     assert {jobid for jobid, a in history.items() if a == [1, 2]} == interrupted
-    assert all(a == [1] for jobid, a in history.items() if jobid not in interrupted)
+    # every worker was blocked in a run at the kill, so no other job had been started: each ran
+    # once, as attempt 1 (SPEC: `attempts` counts runs started)
+    odd = {jobid: a for jobid, a in history.items() if jobid not in interrupted and a != [1]}
+    assert not odd, (f"{len(odd)} jobs that had not started before the kill ran with these attempt "
+                     f"numbers: {dict(list(odd.items())[:10])}")
     assert len(json.loads(d.ask("list done limit:1000")[4:])) == 1000
 
 
@@ -136,7 +142,7 @@ def test_kill_minus_nine_during_an_inline_run_reruns_it_at_start(make_daemon) ->
     d = make_daemon(jobs={"record": {"concurrent": "0"}})
     conn = d.connect()
     try:
-        conn.send("record sleep:2\n")
+        conn.send("record sleep:1\n")
         wait_for(lambda: starts(d.read_records()), 10, "the inline job to start")
         d.kill(signal.SIGKILL)
     finally:
@@ -221,3 +227,54 @@ def test_bad_config_exits_non_zero_naming_section_and_key(workdir: Path, sqlite_
     assert str(d.cfg) in message and section in message and key in message, message
     assert "Traceback" not in message, message
     assert not os.path.exists(d.socket)
+
+
+def start_and_expect_refusal(d: Daemon) -> tuple[int, str]:
+    """Start a daemon that must refuse; its exit status and stderr."""
+    d.start(expect_ok=False)
+    try:
+        code = d.proc.wait(timeout=30)
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+    return code, d.stderr()
+
+
+@pytest.mark.parametrize("socket_path", ["./nodir/upq.sock", "./" + "s" * 150 + ".sock"],
+                         ids=["missing-folder", "path-too-long"])
+def test_unusable_socket_path_stops_the_start_with_a_clear_message(workdir: Path, sqlite_url: str,
+                                                                  socket_path: str) -> None:
+    d = Daemon(workdir, sqlite_url, {"hello": {}})
+    d.cfg.write_text(d.cfg.read_text().replace("socket = ./upq.sock", f"socket = {socket_path}"))
+    code, message = start_and_expect_refusal(d)
+    assert code != 0
+    assert "[paths] socket" in message and "Traceback" not in message, message
+
+
+def test_socket_path_holding_a_regular_file_is_not_deleted(workdir: Path, sqlite_url: str) -> None:
+    """Only a stale *socket* is replaced; a mistyped `socket =` must not destroy a user's file."""
+    d = Daemon(workdir, sqlite_url, {"hello": {}})
+    Path(d.socket).write_text("precious\n")
+    d.start(expect_ok=False)
+    try:
+        wait_for(lambda: d.proc.poll() is not None or not Path(d.socket).is_file(), 20,
+                 "upq to exit or to touch the file")
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+    assert Path(d.socket).is_file() and Path(d.socket).read_text() == "precious\n", \
+        "upq deleted a regular file that sat at its socket path"
+    message = d.stderr()
+    assert d.proc.returncode != 0 and d.socket in message and "Traceback" not in message, message
+
+
+def test_socket_path_holding_a_directory_stops_the_start_with_a_clear_message(workdir: Path,
+                                                                             sqlite_url: str) -> None:
+    d = Daemon(workdir, sqlite_url, {"hello": {}})
+    os.mkdir(d.socket)
+    code, message = start_and_expect_refusal(d)
+    assert code != 0
+    assert os.path.isdir(d.socket)
+    assert d.socket in message and "Traceback" not in message, message

@@ -95,6 +95,21 @@ def pid_in(pidfile: Path) -> int:
     return int(pidfile.read_text().strip())
 
 
+def read_pid(pidfile: Path) -> int:
+    """The pid in pidfile; 0 while it is missing or not yet written (created empty, then written)."""
+    try:
+        text = pidfile.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def wait_pidfile(pidfile: Path, timeout: float = 10, not_pid: int = 0) -> int:
+    """The pid once the pidfile holds one (other than not_pid)."""
+    return wait_for(lambda: read_pid(pidfile) not in (0, not_pid) and read_pid(pidfile), timeout,
+                    f"a pid in {pidfile}")  # type: ignore[return-value]
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     p = subprocess.Popen(["true"])
@@ -181,8 +196,7 @@ def test_daemon_detaches_writes_the_pidfile_and_stops_on_sigterm(make_daemon, re
     assert launcher.returncode == 0, err
     assert time.monotonic() - t0 < 15
     assert out == "" and err == ""
-    wait_for(pidfile.exists, 10, "the pidfile")
-    pid = pid_in(pidfile)
+    pid = wait_pidfile(pidfile)
     reap.append(pid)
     assert pid != launcher.pid and not process_gone(pid)
     assert os.getsid(pid) != os.getsid(0), "the daemon is still in the launcher's session"
@@ -203,9 +217,7 @@ def test_stale_pidfile_is_replaced_and_logged(make_daemon, reap) -> None:
     pidfile.write_text(f"{gone}\n")
     res = run_upq("--daemon", "--pidfile", str(pidfile), "-c", str(d.cfg))
     assert res.returncode == 0, res.stderr
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() not in ("", str(gone)), 10,
-             "a fresh pidfile")
-    pid = pid_in(pidfile)
+    pid = wait_pidfile(pidfile, not_pid=gone)
     reap.append(pid)
     wait_for(lambda: answers_ping(d.socket), 20, "the daemon to answer")
     assert re.search(rf"stale pidfile {re.escape(str(pidfile))}.*{gone}", d.log()), d.log()
@@ -217,8 +229,7 @@ def test_live_pidfile_and_live_socket_stop_a_second_start_with_a_message(make_da
     first = make_daemon(jobs=JOBS, start=False)
     pidfile = first.dir / "upq.pid"
     assert run_upq("--daemon", "--pidfile", str(pidfile), "-c", str(first.cfg)).returncode == 0
-    wait_for(pidfile.exists, 10, "the pidfile")
-    pid = pid_in(pidfile)
+    pid = wait_pidfile(pidfile)
     reap.append(pid)
     wait_for(lambda: answers_ping(first.socket), 20, "the first daemon")
 
@@ -244,8 +255,7 @@ def test_daemon_exiting_after_the_grace_removes_its_pidfile_too(make_daemon, rea
     set_server(d, shutdown_grace=1)
     pidfile = d.dir / "upq.pid"
     assert run_upq("--daemon", "--pidfile", str(pidfile), "-c", str(d.cfg)).returncode == 0
-    wait_for(pidfile.exists, 10, "the pidfile")
-    pid = pid_in(pidfile)
+    pid = wait_pidfile(pidfile)
     reap.append(pid)
     wait_for(lambda: answers_ping(d.socket), 20, "the daemon to answer")
     jobid = d.submit("gate")
@@ -286,8 +296,7 @@ def test_init_script_starts_reports_reloads_and_stops(make_daemon, reap) -> None
     assert init("status").returncode == 3
     res = init("start")
     assert res.returncode == 0, res.stdout + res.stderr
-    wait_for(pidfile.exists, 10, "the pidfile")
-    pid = pid_in(pidfile)
+    pid = wait_pidfile(pidfile)
     reap.append(pid)
     wait_for(lambda: answers_ping(d.socket), 20, "upq started by the init script")
     res = init("status")
@@ -427,12 +436,13 @@ def test_reload_command_answers_ack_or_err_like_sighup(make_daemon) -> None:
 
 def test_sighup_reopens_the_log_file_after_rotation(make_daemon) -> None:
     d = make_daemon(jobs={"hello": {}})
+    wait_for(log_has(d, "serving on"), 10, "the start-up lines")   # ping can answer just before
     rotated = d.dir / "upq.log.1"
     d.logfile.rename(rotated)
     d.kill(signal.SIGHUP)
     wait_for(lambda: d.logfile.exists() and "reloaded" in d.log(), 10, "a fresh upq.log")
-    d.submit("hello name:after")
-    wait_for(log_has(d, "hello"), 10, "the next lines in the fresh log")
+    assert d.ask("reload").startswith("ACK ")
+    wait_for(lambda: d.log().count("reloaded") == 2, 10, "later lines in the fresh log too")
     assert "reloaded" not in rotated.read_text()
     assert "serving on" in rotated.read_text()
 
@@ -480,7 +490,7 @@ def test_root_is_refused_without_allow_root(make_daemon) -> None:
 # -- TCP ---------------------------------------------------------------------------------------
 
 class TcpConn(Conn):
-    def __init__(self, port: int, timeout: float = 10.0):    # noqa: D107 - same reads as Conn
+    def __init__(self, port: int, timeout: float = 10.0):  # noqa: super().__init__ is Unix-only
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
 
@@ -512,7 +522,7 @@ def test_tcp_requires_auth_first_and_closes_on_anything_else(tcp_daemon) -> None
     with TcpConn(port) as c:
         assert c.ask("auth " + token[:-1]).startswith("ERR")   # a prefix is not the token
         assert c.closed()
-    assert f"wrong auth token" in d.log()
+    assert "wrong auth token" in d.log()
 
 
 def test_tcp_with_the_right_token_serves_commands(tcp_daemon) -> None:

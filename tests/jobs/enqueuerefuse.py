@@ -1,4 +1,4 @@
-"""Test job, 2011 style gone wrong: check() enqueues itself, then refuses."""
+"""Test job, 2011 style gone wrong: check() enqueues itself, then refuses (or raises, with `raise`)."""
 import os
 
 from upqjob import UpqJob
@@ -7,6 +7,8 @@ from upqjob import UpqJob
 class Enqueuerefuse(UpqJob):
     def check(self):
         self.enqueue_job()
+        if "raise" in self.jobdata:
+            raise RuntimeError(f"blew up after enqueueing {self.jobid}")
         self.msg = f"changed my mind about {self.jobid}"
         return False
 
