@@ -31,7 +31,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/backlog.py
 
-# minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
+# ~10 minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
 soak: $(STAMP)
 	UPQ_SOAK=1 $(PY) -m pytest -q tests/test_chaos.py
 

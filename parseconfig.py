@@ -128,9 +128,10 @@ class Config:
 class ConfigError(Exception):
     """One or more problems in a config file; str() lists them, one per line."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], partial: "Config | None" = None):
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.partial = partial      # what did load, for --check-config to go on checking jobs
 
 
 def load_config(path: str) -> Config:
@@ -141,7 +142,7 @@ def load_config(path: str) -> Config:
     loader = _Loader(path, problems)
     config = loader.build(parser)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, partial=config)
     return config
 
 

@@ -178,6 +178,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         out.append("[paths] socket")
     if old.server != new.server:
         out.append("[server]")
+    if old.mail != new.mail or old.notify != new.notify:
+        out.append("[mail] / [notify]")
     return out
 
 
@@ -205,14 +207,24 @@ def sd_notify(state: str) -> None:
         pass
 
 
-def serve(d: Daemon) -> int:
+@dataclass
+class Signals:
+    """Signals only queue up here (and wake the main loop through a pipe); the loop acts."""
+    pending: list[int] = field(default_factory=list)
+    wake_r: int = -1
+
+    def install(self) -> "Signals":
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: self.pending.append(signum))
+        return self
+
+
+def serve(d: Daemon, sigs: Signals) -> int:
     """Serve until SIGTERM/SIGINT (SIGHUP reloads); then stop accepting, give running jobs the grace."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signals: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: signals.append(signum))
+    signals, wake_r = sigs.pending, sigs.wake_r
     for server in d.servers:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                          name=f"server-{type(server).__name__}", daemon=True).start()
@@ -320,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"upq: bad config:\n{exc}", file=sys.stderr)
+        problems = list(exc.problems)
+        if args.check_config and exc.partial is not None and exc.partial.paths.jobs_dir:
+            problems += load_jobs(exc.partial)[1]     # list module problems too
+        print(f"upq: bad config:\n" + "\n".join(problems), file=sys.stderr)
         return 1
     classes, problems = load_jobs(config)
     if args.pidfile and not args.daemon:
@@ -358,13 +373,14 @@ def main(argv: list[str] | None = None) -> int:
             _unlink(config.paths.socket)
         print(f"upq: cannot start: {exc}", file=sys.stderr)
         return 1
+    sigs = Signals().install()      # before start: a SIGHUP meanwhile must not kill us
     try:
         start(d)
     except Exception as exc:  # noqa: BLE001 - after detaching, the log is the only witness
         log.error("cannot start: %s", exc)
         print(f"upq: cannot start: {exc}", file=sys.stderr)
         return 1
-    return serve(d)
+    return serve(d, sigs)
 
 
 if __name__ == "__main__":

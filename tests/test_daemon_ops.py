@@ -582,8 +582,6 @@ def test_check_config_lists_every_problem(make_daemon) -> None:
     assert "nosuchjob" in res.stderr and "alsomissing" in res.stderr, res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="load_config raises before any job module is imported, so "
-                                       "--check-config cannot list module problems with key problems")
 def test_check_config_lists_key_value_and_module_problems_together(make_daemon) -> None:
     d = make_daemon(jobs={**JOBS, "nosuchjob": {}}, start=False)
     d.cfg.write_text(d.cfg.read_text().replace("[logging]\n", "[logging]\ncolour = blue\n"))

@@ -54,7 +54,7 @@ class Mailbox:
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
         return "250 OK"
 
-    def wait(self, count: int = 1, timeout: float = 10.0) -> list:
+    def wait(self, count: int = 1, timeout: float = 20.0) -> list:
         wait_for(lambda: len(self.messages) >= count, timeout, f"{count} mail(s)")
         return self.messages
 
@@ -63,14 +63,20 @@ class Mailbox:
 
 
 class SmtpServer:
-    def __init__(self, handler: Mailbox):
+    def __init__(self, handler: Mailbox, **kw):
         self.handler = handler
-        self.port = free_port()
-        self.controller = Controller(handler, hostname="127.0.0.1", port=self.port)
+        self.kw = kw
 
     def __enter__(self) -> "SmtpServer":
-        self.controller.start()
-        return self
+        for _ in range(5):      # the free port may be taken by a parallel test run meanwhile
+            self.port = free_port()
+            self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **self.kw)
+            try:
+                self.controller.start()
+                return self
+            except Exception:  # noqa: BLE001 - aiosmtpd wraps bind errors in several types
+                continue
+        raise AssertionError("could not start the test SMTP server")
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
@@ -85,7 +91,7 @@ class SyslogReceiver:
         self.port = self.sock.getsockname()[1]
         self.records: list[str] = []
 
-    def wait(self, count: int = 1, timeout: float = 10.0) -> list[str]:
+    def wait(self, count: int = 1, timeout: float = 20.0) -> list[str]:
         deadline = time.monotonic() + timeout
         while len(self.records) < count:
             left = deadline - time.monotonic()
@@ -270,7 +276,7 @@ def test_smtp_refusing_with_5xx_is_not_retried_and_is_logged(notifier, records):
     with SmtpServer(box) as server:
         n = notifier(mail_port=server.port, tries=3)
         n.job_ended(job(fail="mail a@b.org"), row())
-        wait_for(lambda: records.at(logging.ERROR), 10, "the error log line")
+        wait_for(lambda: records.at(logging.ERROR), 20, "the error log line")
         assert box.attempts == 1
     [line] = records.at(logging.ERROR)
     assert "job 42" in line and "a@b.org" in line and "554 no thanks" in line and "1 attempt" in line
@@ -279,7 +285,7 @@ def test_smtp_refusing_with_5xx_is_not_retried_and_is_logged(notifier, records):
 def test_smtp_down_is_retried_then_logged_at_error_with_the_job_id(notifier, records, syslog):
     n = notifier(mail_port=free_port(), syslog_port=syslog.port, tries=3, backoff=0.05)
     n.job_ended(job(fail="mail a@b.org"), row(jobid=5))
-    wait_for(lambda: records.at(logging.ERROR), 10, "the error log line")
+    wait_for(lambda: records.at(logging.ERROR), 20, "the error log line")
     [line] = records.at(logging.ERROR)
     assert "job 5" in line and "3 attempt(s)" in line and "refused" in line.lower()
     # the thread is still alive and delivering
@@ -309,7 +315,7 @@ def test_job_ended_never_blocks_and_drops_with_a_warning_when_the_queue_is_full(
     t0 = time.monotonic()
     for jobid in (1, 2, 3):
         n.job_ended(job(fail="mail a@b.org"), row(jobid=jobid))
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 2
     [warning] = records.at(logging.WARNING)
     assert "job 3" in warning and "dropped" in warning
 
@@ -337,7 +343,7 @@ def test_stop_logs_each_notification_it_could_not_send_as_lost(notifier, records
             n.job_ended(job(fail="mail a@b.org"), row(jobid=jobid))
         t0 = time.monotonic()
         assert n.stop(0.3) == 3
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 3
         lost = records.at(logging.WARNING)
         for jobid in (11, 12, 13):
             assert any(f"notification for job {jobid} (mail a@b.org) not sent: daemon stopping" in m
@@ -401,10 +407,8 @@ class Accept:
 @pytest.mark.parametrize("password, delivered", [("s3cret", True), ("wrong", False)])
 def test_smtp_login_when_configured(records, password, delivered):
     box = Mailbox()
-    port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port, authenticator=Accept(),
-                            auth_require_tls=False)
-    controller.start()
+    server = SmtpServer(box, authenticator=Accept(), auth_require_tls=False).__enter__()
+    port = server.port
     log = logging.getLogger(f"upq.test.notify.login.{password}")
     log.addHandler(records)
     n = Notifier(MailConfig(host="127.0.0.1", port=port, username="upq", password=password),
@@ -415,12 +419,12 @@ def test_smtp_login_when_configured(records, password, delivered):
         if delivered:
             box.wait(1)
         else:
-            wait_for(lambda: records.at(logging.ERROR), 10, "the login failure")
+            wait_for(lambda: records.at(logging.ERROR), 20, "the login failure")
             assert "535" in records.at(logging.ERROR)[0] and "1 attempt" in records.at(logging.ERROR)[0]
             assert box.messages == []
     finally:
         n.stop(1)
-        controller.stop()
+        server.__exit__()
         log.removeHandler(records)
 
 
@@ -431,7 +435,7 @@ def test_starttls_against_a_server_without_it_is_an_error_not_a_plain_text_send(
     n.start()
     try:
         n.job_ended(job(fail="mail a@b.org"), row())
-        wait_for(lambda: records.at(logging.ERROR), 10, "the STARTTLS failure")
+        wait_for(lambda: records.at(logging.ERROR), 20, "the STARTTLS failure")
         assert "STARTTLS" in records.at(logging.ERROR)[0]
         assert mailbox.messages == []
     finally:
@@ -510,7 +514,7 @@ def test_daemon_retried_job_notifies_once_after_the_last_retry(make_daemon, mail
     mailbox.wait(1)
     # notifications go out in order: once the marker's mail is in, any duplicate would be too
     marker = d.submit("hello name:marker")
-    wait_for(lambda: mailbox.about(marker), 10, "the marker mail")
+    wait_for(lambda: mailbox.about(marker), 20, "the marker mail")
     [(_, _, msg)] = mailbox.about(jobid)
     assert "attempts: 3" in msg.get_content()
 

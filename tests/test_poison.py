@@ -36,6 +36,11 @@ def ended(d: Daemon, line: str, state: str = "done") -> dict:
     return job
 
 
+def newest_jobid(d: Daemon) -> int:
+    rows = json.loads(d.ask("list limit:1")[4:])
+    return rows[0]["jobid"] if rows else 0
+
+
 def reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON (RFC 8259)")
 
@@ -89,12 +94,10 @@ def test_nan_in_a_result_does_not_make_answers_invalid_json(shared_daemon: Daemo
 
 
 def test_a_constructor_that_raises_is_refused_or_fails_the_job(shared_daemon: Daemon) -> None:
-    before = json.loads(shared_daemon.ask("list limit:1")[4:])[0]["jobid"] \
-        if shared_daemon.ask("list limit:1") != "ACK []" else 0
+    before = newest_jobid(shared_daemon)
     answer = shared_daemon.ask("initraiser")
     assert answer.startswith("ERR ") and "RuntimeError" in answer and "poison" in answer, answer
-    newest = json.loads(shared_daemon.ask("list limit:1")[4:])
-    assert (newest[0]["jobid"] if newest else 0) == before, "a refused job was stored"
+    assert newest_jobid(shared_daemon) == before, "a refused job was stored"
     # accepted at submission, then a worker cannot build it: the job fails, the worker lives on
     job = ended(shared_daemon, "initraiser where:worker", "failed")
     assert "RuntimeError" in job["msg"] and "poison" in job["msg"], job["msg"]

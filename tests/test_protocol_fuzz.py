@@ -388,7 +388,7 @@ def test_slow_loris_clients_are_answered_and_do_not_starve_others(f: Fuzzed) -> 
     for _ in range(10):
         t0 = time.monotonic()
         assert f.d.ask("ping") == "ACK pong"
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.0
     for t in threads:
         t.join(20)
     assert not errors, errors
