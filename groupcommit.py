@@ -102,6 +102,8 @@ class Writer:
                 if is_transient(exc) and attempt < 4:
                     time.sleep(0.05 * 2 ** attempt)
                     continue
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated and attempt == 0:
+                    continue        # a connection the server dropped while idle: once more, afresh
                 if is_connection_problem(exc) or len(batch) == 1:
                     self.log.warning("database write failed (%d operations): %s", len(batch), exc)
                     err = DatabaseUnavailable(describe(exc)) if isinstance(exc, SQLAlchemyError) else exc

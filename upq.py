@@ -263,7 +263,7 @@ def serve(d: Daemon, sigs: Signals) -> int:
     d.db.close()
     d.log.info("stopped")
     logging.shutdown()
-    return 0
+    os._exit(0)     # a job may have left non-daemon threads behind: do not wait for them
 
 
 def _unlink(path: str) -> None:

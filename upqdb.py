@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -19,8 +21,8 @@ from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData,
                         String, Table, Text, create_engine, delete, event, func,
                         insert, select, update)
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from groupcommit import DatabaseUnavailable, RowInsert, Writer, describe
 
@@ -155,7 +157,7 @@ def encode_result(result: Any) -> str | None:
     if result is None:
         return None
     try:
-        text = json.dumps(result, ensure_ascii=False, default=str)
+        text = json.dumps(result, ensure_ascii=False, default=str, allow_nan=False)
     except (TypeError, ValueError) as exc:
         text = json.dumps({"error": f"result is not JSON: {exc}"})
     if len(text) > MAX_RESULT_CHARS:
@@ -189,6 +191,8 @@ class Database:
         self.write_engine = self._engine(url, durability, writer=True)
         self.writer = Writer(self.write_engine, logger)
         self._node_lock_conn: Connection | None = None
+        self._node_lock_name = ""
+        self._node_lock_fd: int | None = None
 
     # -- set-up ------------------------------------------------------------
     def _engine(self, url: str, durability: str, writer: bool) -> Engine:
@@ -211,10 +215,22 @@ class Database:
                 # a write transaction takes the lock up front: no upgrade, no SQLITE_BUSY mid-way
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
             return engine
-        return create_engine(
-            url, pool_pre_ping=True, pool_recycle=1800, isolation_level="READ COMMITTED",
+        # No pre-ping (a frozen server would cost a full read timeout before the query even
+        # starts): a dropped connection fails fast and is retried once on a fresh one. Reads
+        # get shorter timeouts so every answer, connect included, stays within 10 s.
+        io_timeout = 5 if writer else 3
+        engine = create_engine(
+            url, pool_pre_ping=False, pool_recycle=1800, isolation_level="READ COMMITTED",
             pool_size=1 if writer else 5, max_overflow=0 if writer else 10, pool_timeout=5,
-            connect_args={"connect_timeout": 3, "read_timeout": 5, "write_timeout": 5})
+            connect_args={"connect_timeout": 2, "read_timeout": io_timeout, "write_timeout": io_timeout})
+
+        @event.listens_for(engine, "connect")
+        def _session(dbapi_conn: Any, _record: Any) -> None:
+            # a lock wait must end (error 1205, retried) well before the 5 s read timeout
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION innodb_lock_wait_timeout = 2")
+            cur.close()
+        return engine
 
     def create_schema(self) -> None:
         """Create missing tables and record the schema version; safe when several daemons race."""
@@ -244,18 +260,26 @@ class Database:
 
     def close(self) -> None:
         self.writer.stop()
-        if self._node_lock_conn is not None:
-            self._node_lock_conn.close()
+        self.release_node_name()
+        if self._node_lock_fd is not None:
+            os.close(self._node_lock_fd)
         self.dispose()
 
     # -- reads -------------------------------------------------------------
     def _read(self, fn: Callable[[Connection], T]) -> T:
-        try:
-            with self.read_engine.connect() as conn:
-                return fn(conn)
-        except SQLAlchemyError as exc:
-            self.log.warning("database read failed: %s", exc)
-            raise DatabaseUnavailable(describe(exc)) from exc
+        for attempt in (1, 2):
+            try:
+                with self.read_engine.connect() as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    continue        # a pooled connection the server dropped: once more, afresh
+                self.log.warning("database read failed: %s", exc)
+                raise DatabaseUnavailable(describe(exc)) from exc
+            except SQLAlchemyError as exc:
+                self.log.warning("database read failed: %s", exc)
+                raise DatabaseUnavailable(describe(exc)) from exc
+        raise AssertionError("unreachable")
 
     def get_job(self, jobid: int) -> JobRow | None:
         def q(conn: Connection) -> JobRow | None:
@@ -445,18 +469,69 @@ class Database:
         return conn.execute(select(func.utc_timestamp(6))).scalar_one()
 
     def hold_node_name(self, node: str) -> bool:
-        """Take the server-side lock that says `node` is alive (MySQL); False if a live daemon holds it.
-
-        The lock lives as long as this connection: the server frees it the moment the holder dies."""
+        """Take the lock that says `node` is alive; False if a live daemon holds it. MySQL: a
+        server-side GET_LOCK, SQLite: flock on a file beside the database; both die with us."""
+        digest = hashlib.sha1(node.encode()).hexdigest()
         if self.is_sqlite:
+            path = make_url(self.url).database
+            if not path or path == ":memory:":
+                return True
+            fd = os.open(f"{path}-node-{digest[:16]}.lock", os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._node_lock_fd = fd
             return True
-        name = "upq:" + hashlib.sha1(node.encode()).hexdigest()
-        self._node_lock_conn = self.read_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        got = self._node_lock_conn.execute(select(func.get_lock(name, 0))).scalar()
+        self._node_lock_name = "upq:" + digest
+        return self._take_node_lock()
+
+    def _take_node_lock(self) -> bool:
+        conn = self.read_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = conn.execute(select(func.get_lock(self._node_lock_name, 0))).scalar()
+        except SQLAlchemyError:
+            conn.close()
+            raise
         if got != 1:
+            conn.close()
+            return False
+        if self._node_lock_conn is not None:
+            self._node_lock_conn.close()
+        self._node_lock_conn = conn
+        return True
+
+    def node_name_still_held(self) -> bool:
+        """Heartbeat check (and keep-alive) of the MySQL lock; retaken when its connection was cut.
+        False only when another daemon holds the name now."""
+        if self.is_sqlite or self._node_lock_conn is None:
+            return True
+        try:
+            mine = self._node_lock_conn.execute(
+                select(func.is_used_lock(self._node_lock_name) == func.connection_id())).scalar()
+            if mine:
+                return True
+        except SQLAlchemyError:
+            pass
+        try:
+            return self._take_node_lock()
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(describe(exc)) from exc
+
+    def node_heartbeat(self, node: str) -> tuple[str, dt.datetime, float] | None:
+        """(state, heartbeat, age in seconds by the database's clock) of a node, or None."""
+        def op(conn: Connection) -> tuple[str, dt.datetime, float] | None:
+            r = conn.execute(select(nodes.c.state, nodes.c.heartbeat).where(nodes.c.node == node)).first()
+            if r is None:
+                return None
+            return r.state, r.heartbeat, (self.db_now(conn) - r.heartbeat).total_seconds()
+        return self.write(op)
+
+    def release_node_name(self) -> None:
+        if self._node_lock_conn is not None:
             self._node_lock_conn.close()
             self._node_lock_conn = None
-        return got == 1
 
     def register_node(self, node: str, host: str, pid: int) -> dict[str, Any] | None:
         """Mark this node alive; returns the row it replaces (None if new)."""
@@ -496,7 +571,7 @@ class Database:
                     continue
                 conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == name))
                 moved = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == name)
-                                     .values(state="new"))
+                                     .values(state="new", node=None))
                 out.append((name, moved.rowcount))
             return out
         return self.write(op)
@@ -517,6 +592,6 @@ class Database:
         def op(conn: Connection) -> int:
             conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == node))
             res = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == node)
-                               .values(state="new"))
+                               .values(state="new", node=None))
             return res.rowcount
         return self.write(op)

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Callable
 
 from upqdb import Database, DatabaseUnavailable
@@ -32,19 +33,28 @@ class NodeKeeper:
         self.timeout = timeout
         self.log = logger
         self.on_requeue = on_requeue
-        self.interval = max(0.2, timeout / 4)
+        self.interval = min(1.0, timeout / 4)     # beats are cheap; frequent ones tell the living apart
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def register(self) -> None:
         """Claim the node name; NodeNameTaken if a live daemon holds it."""
+        taken = NodeNameTaken(f"[server] node_name {self.node!r} is in use by a live upq on this "
+                              f"database; give this daemon another node_name")
         if not self.db.hold_node_name(self.node):
-            raise NodeNameTaken(f"node name {self.node!r} is held by a live upq on this database; "
-                                f"set a different [server] node_name")
+            raise taken
+        seen = self.db.node_heartbeat(self.node)
+        if not self.db.is_sqlite and seen and seen[0] == "alive" and seen[2] < self.timeout:
+            # The lock was free but the name beat recently: its holder died a moment ago, or
+            # it lives and only lost its lock connection. A live one keeps beating: look again.
+            wait = 2.5 * self.interval
+            self.log.info("node %s beat %.1fs ago; waiting %.1fs to be sure it is gone", self.node, seen[2], wait)
+            time.sleep(wait)
+            again = self.db.node_heartbeat(self.node)
+            if again and again[1] != seen[1]:
+                self.db.release_node_name()
+                raise taken
         old = self.db.register_node(self.node, socket.gethostname(), os.getpid())
-        if self.db.is_sqlite and old and old["state"] == "alive" and old["pid"] != os.getpid() \
-                and old["host"] == socket.gethostname() and _pid_alive(old["pid"]):
-            raise NodeNameTaken(f"node name {self.node!r} is used by pid {old['pid']} on this host")
         if old and old["state"] == "alive":
             self.log.info("node %s: taking over from an earlier run (pid %s) that did not stop cleanly",
                           self.node, old["pid"])
@@ -68,6 +78,10 @@ class NodeKeeper:
     def beat(self) -> None:
         """One heartbeat and one look for dead nodes; never raises."""
         try:
+            if not self.db.node_name_still_held():
+                # keep beating: the newcomer sees this node is alive and gives the name back
+                self.log.error("node name %r: its lock connection was cut and another daemon "
+                               "holds the lock now; retrying", self.node)
             before = self.db.heartbeat(self.node)
             if before == "dead":
                 self.log.warning("node %s was declared dead (paused or cut off for over %gs); its "
@@ -80,13 +94,3 @@ class NodeKeeper:
                     self.on_requeue()
         except DatabaseUnavailable as exc:
             self.log.warning("heartbeat failed: %s", exc)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True

@@ -17,6 +17,7 @@ import select
 import socket
 import socketserver
 import threading
+import time
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -215,12 +216,12 @@ class Protocol:
             return err(f"internal error: {type(exc).__name__}")
 
     @staticmethod
-    def settle(item: "str | Future[Accepted]") -> str:
+    def settle(item: "str | Future[Accepted]", deadline: float) -> str:
         """The answer line for a submission once its commit is done (or failed)."""
         if isinstance(item, str):
             return item
         try:
-            acc = item.result(timeout=ANSWER_TIMEOUT)
+            acc = item.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             return err("database unavailable: no commit within 9 s; the job may or may not be stored")
         except (DatabaseUnavailable, JobRejected, UnknownJob) as exc:
@@ -383,7 +384,8 @@ class LineHandler(socketserver.BaseRequestHandler):
         return self._send(sock, out)
 
     def _send(self, sock: socket.socket, out: list[Any]) -> bool:
-        payload = "".join(Protocol.settle(item) + "\n" for item in out).encode("utf-8")
+        deadline = time.monotonic() + ANSWER_TIMEOUT      # one deadline for the whole batch
+        payload = "".join(Protocol.settle(item, deadline) + "\n" for item in out).encode("utf-8")
         out.clear()
         try:
             sock.sendall(payload)
@@ -431,6 +433,7 @@ class _CappedThreadingServer(socketserver.ThreadingMixIn):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = socket.SOMAXCONN     # a burst of clients queues; the cap answers ERR busy
     token = ""
 
     def _setup_cap(self, protocol: Protocol, max_connections: int, idle_timeout: float,

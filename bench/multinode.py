@@ -76,16 +76,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_pid() -> int | None:
-    """The local mariadbd/mysqld, if the server runs on this host."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "comm").read_text().strip() in ("mariadbd", "mysqld"):
-                    return int(proc.name)
-            except OSError:
-                pass
-    return None
+def server_pid(conn: Any) -> int | None:
+    """The pid of the server `conn` talks to, if it runs on this host (its pid file)."""
+    from sqlalchemy import text
+    try:
+        path = conn.execute(text("SELECT @@pid_file")).scalar()
+        pid = int(Path(path).read_text().split()[0])
+        return pid if Path(f"/proc/{pid}").exists() else None
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def one_run(base_url: str, n_daemons: int, jobs: int, concurrent: int, work_ms: float) -> dict[str, Any]:
@@ -114,7 +113,8 @@ def one_run(base_url: str, n_daemons: int, jobs: int, concurrent: int, work_ms: 
         with engine.begin() as conn:
             conn.execute(insert(upqdb.jobs), rows)
         t0 = time.perf_counter()
-        spid = server_pid()
+        with engine.connect() as conn:
+            spid = server_pid(conn)
         cpu0 = [cpu_seconds(d.pid) for d in daemons], cpu_seconds(spid) if spid else None
         deadline = t0 + DRAIN_TIMEOUT
         with engine.connect() as conn:

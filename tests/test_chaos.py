@@ -110,8 +110,9 @@ def all_ended(d: Daemon) -> bool:
     return stats.get("queued", 1) == 0 and stats.get("running", 1) == 0
 
 
-def check_history(records: list[list[str]], jobs: dict[int, dict]) -> None:
-    """The record lines, in file order, against the stored outcomes."""
+def check_history(records: list[list[str]], jobs: dict[int, dict]) -> int:
+    """The record lines, in file order, against the stored outcomes. Returns how many jobs ran
+    to their end and yet ran again (killed before the outcome was committed: allowed)."""
     per_job: dict[int, list[tuple[str, int, int]]] = defaultdict(list)   # (event, attempt, kills so far)
     kills = 0
     for r in records:
@@ -120,6 +121,7 @@ def check_history(records: list[list[str]], jobs: dict[int, dict]) -> None:
         elif r[0] in ("start", "end"):
             per_job[int(r[1])].append((r[0], int(r[2]), kills))
     assert set(per_job) <= set(jobs), f"records for jobs not stored: {sorted(set(per_job) - set(jobs))[:20]}"
+    ended_then_rerun: set[int] = set()
     for jobid, job in jobs.items():
         events = per_job.get(jobid)
         assert events, f"job {jobid} is {job['state']} but never ran"
@@ -130,6 +132,7 @@ def check_history(records: list[list[str]], jobs: dict[int, dict]) -> None:
             if event == "end":
                 last_end_kills = k
             elif last_end_kills is not None:
+                ended_then_rerun.add(jobid)
                 assert k > last_end_kills, (f"job {jobid} started again after it ended, with no kill in "
                                             f"between (ran twice while the daemon lived): {events}")
         final = job["result"]["attempt"] if isinstance(job["result"], dict) else None
@@ -137,6 +140,7 @@ def check_history(records: list[list[str]], jobs: dict[int, dict]) -> None:
             f"job {jobid}: the done outcome is from attempt {final}, the last run was attempt "
             f"{starts[-1]}, attempts={job['attempts']}: {events}")
         assert events[-1] == ("end", final, events[-1][2]), f"job {jobid}: ran after it was done: {events}"
+    return len(ended_then_rerun)
 
 
 @pytest.mark.timeout(1200 if SOAK else 120)
@@ -205,9 +209,10 @@ def test_kill_minus_nine_under_load_loses_no_acked_job(make_daemon, db_url) -> N
     assert unacked_done <= unanswered | set(refused), \
         f"stored without an ACK although answered: {sorted(unacked_done - unanswered)[:10]}"
 
-    check_history(d.read_records(), jobs)
+    ended_then_rerun = check_history(d.read_records(), jobs)
     reruns = sum(1 for j in jobs.values() if j["attempts"] > 1)
-    print(f"chaos on {db_url.split(':')[0]}: {KILLS} kills in {load_seconds:.0f}s, {sent} lines sent, {len(acked)} ACKed, "
-          f"{len(refused)} ERR, {len(unanswered)} unanswered (killed mid-request), "
-          f"{len(unacked_done)} done but never ACKed (allowed), {reruns} jobs re-run after a kill")
+    print(f"chaos on {db_url.split(':')[0]}: {KILLS} kills in {load_seconds:.0f}s, {sent} lines sent, "
+          f"{len(acked)} ACKed, {len(refused)} ERR, {len(unanswered)} unanswered (killed mid-request), "
+          f"{len(unacked_done)} done but never ACKed (allowed), {reruns} jobs re-run after a kill "
+          f"({ended_then_rerun} of them after their run had ended, before its outcome was committed)")
     assert len(acked) > 0 and len(unacked_done) <= len(unanswered)

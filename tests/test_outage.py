@@ -9,7 +9,8 @@ root and may mount, as on these machines; otherwise it is skipped), or hits a
 file size limit (RLIMIT_FSIZE set on the running daemon with prlimit, which needs
 no mount), or its files turn unwritable (chattr +i; a mounted filesystem cannot
 be remounted read-only while the daemon holds the file open for writing), or it
-sits on a read-only tmpfs from the start.
+sits on a read-only tmpfs from the start, or another process holds its write lock
+(every pipelined request must still be answered within 10 s).
 """
 from __future__ import annotations
 
@@ -75,8 +76,12 @@ class PrivateMariaDB:
              "--innodb-buffer-pool-size=32M"],
             stdout=log, stderr=log)
         log.close()
-        wait_for(self.answers, 60, f"the private mariadbd on port {self.port} to answer "
-                                   f"({(self.base / 'mariadbd.err').read_text(errors='replace')[-1500:] if (self.base / 'mariadbd.err').exists() else ''})")
+        try:
+            wait_for(self.answers, 60, f"the private mariadbd on port {self.port} to answer")
+        except AssertionError as exc:
+            err = self.base / "mariadbd.err"
+            tail = err.read_text(errors="replace")[-1500:] if err.exists() else ""
+            raise AssertionError(f"{exc}; its log ends: {tail}") from None
 
     def answers(self) -> bool:
         import pymysql
@@ -293,7 +298,7 @@ def run_mariadb_outage(private_mariadb: PrivateMariaDB, daemons: list[Daemon], s
     for tag, answer in stored_refused.items():
         assert AMBIGUOUS in answer, f"{tag} was refused ({answer}) yet stored as job {tags[tag]}"
     print(f"\noutage ({signal.Signals(stop_sig).name}): {probe.asked} requests during "
-          f"{time.monotonic() - t_down - recovered:.0f}s down, {len(probe.refused)} submissions "
+          f"{t_up - t_down:.0f}s down, {len(probe.refused)} submissions "
           f"refused ({len(stored_refused)} stored after an ambiguous ERR), ACKs again "
           f"{recovered:.1f}s after the server returned")
     probe.verdict()                   # slow answers: reported after the recovery was checked too

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import tempfile
@@ -140,8 +139,9 @@ def fz() -> Iterator[Fuzzed]:
         wait_for(lambda: f.proc("Threads") > 0, 5, "proc status")
         f.baseline()
         yield f
-        print(f"\nfuzz cases sent: {CASES} (total {sum(CASES.values())}); threads {f.threads0} -> "
-              f"{f.proc('Threads')}, RSS {f.rss0} -> {f.proc('VmRSS')} kB")
+        print(f"\nfuzz cases sent (hypothesis derandomize=True, random.Random({SEED})): {CASES} "
+              f"(total {sum(CASES.values())}); threads {f.threads0} -> {f.proc('Threads')}, "
+              f"RSS {f.rss0} -> {f.proc('VmRSS')} kB")
         assert d.stop() == 0
     finally:
         if d.proc is not None and d.proc.poll() is None:
