@@ -258,12 +258,12 @@ def serve(d: Daemon, sigs: Signals) -> int:
     if not all_ended:
         d.log.warning("jobs still running after %ss; they will run again at the next start",
                       d.config.server.shutdown_grace)
-        _exit_now(d.log, 0, pidfile=d.pidfile)
     d.keeper.stop()
-    d.db.close()
+    d.db.close()            # the writer commits every outcome queued so far, then stops
     d.log.info("stopped")
-    logging.shutdown()
-    os._exit(0)     # a job may have left non-daemon threads behind: do not wait for them
+    # a job may have left threads behind (non-daemon ones too): do not wait for them
+    _exit_now(d.log, 0, pidfile=d.pidfile, why="")
+    return 0
 
 
 def _unlink(path: str) -> None:
@@ -273,10 +273,12 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _exit_now(log: logging.Logger, code: int = 0, pidfile: str | None = None) -> None:
+def _exit_now(log: logging.Logger, code: int = 0, pidfile: str | None = None,
+              why: str = "exiting now") -> None:
     """Python cannot stop running threads: flush the log and leave (removing our pidfile,
     which python-daemon's atexit release would have done)."""
-    log.warning("exiting now")
+    if why:
+        log.warning(why)
     if pidfile:
         _unlink(pidfile)
     logging.shutdown()
