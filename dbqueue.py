@@ -10,6 +10,7 @@ one transaction (`finish`).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import threading
@@ -59,16 +60,18 @@ class DBQueue(queue.Queue):
             fut = self.db.insert_job_async(self.jobname, params, parent=parent)
             fut.add_done_callback(lambda _f: self.wake())
             return fut
-        fut = self.db.insert_job_async(self.jobname, params, parent=parent, state="running", node=self.node)
-        fut.add_done_callback(lambda f: self._hand_over(f, params, parent))
+        now = utcnow()
+        fut = self.db.insert_job_async(self.jobname, params, parent=parent, state="running",
+                                       node=self.node, now=now)
+        fut.add_done_callback(lambda f: self._hand_over(f, params, parent, now))
         return fut
 
-    def _hand_over(self, fut: "Future[int]", params: dict[str, str], parent: int | None) -> None:
+    def _hand_over(self, fut: "Future[int]", params: dict[str, str], parent: int | None,
+                   now: dt.datetime) -> None:
         """A job stored already claimed goes straight to the idle worker it was meant for."""
         with self.mutex:
             self._reserved -= 1
             if fut.exception() is None:
-                now = utcnow()
                 self._put(JobRow(jobid=fut.result(), jobname=self.jobname, state="running", params=params,
                                  msg="", result=None, attempts=1, retries_used=0, created=now, started=now,
                                  finished=None, run_after=None, node=self.node, parent=parent))

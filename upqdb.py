@@ -325,9 +325,9 @@ class Database:
 
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: str = "new",
                          node: str | None = None, parent: int | None = None,
-                         delay: float | None = None) -> "Future[int]":
+                         delay: float | None = None, now: dt.datetime | None = None) -> "Future[int]":
         """Store a job (due `delay` seconds from now); the future holds its id once committed."""
-        now = utcnow()
+        now = now or utcnow()
         running = state == "running"
         values = dict(jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
                       msg="", attempts=1 if running else 0, retries_used=0, created=now,

@@ -75,13 +75,13 @@ class Completions:
         self._lock = threading.Lock()
         self._events: dict[int, set[threading.Event]] = {}
 
-    def register(self, jobid: int) -> threading.Event:
-        ev = threading.Event()
+    def register(self, jobid: int) -> "EndEvent":
+        ev = EndEvent()
         with self._lock:
             self._events.setdefault(jobid, set()).add(ev)
         return ev
 
-    def unregister(self, jobid: int, ev: threading.Event) -> None:
+    def unregister(self, jobid: int, ev: "EndEvent") -> None:
         with self._lock:
             evs = self._events.get(jobid)
             if evs is not None:
@@ -89,10 +89,17 @@ class Completions:
                 if not evs:
                     del self._events[jobid]
 
-    def notify(self, jobid: int) -> None:
+    def notify(self, jobid: int, row: JobRow | None = None) -> None:
+        """The job may have ended; `row`, when given, is how it ended (saves the waiter a read)."""
         with self._lock:
             for ev in self._events.get(jobid, ()):
+                ev.row = row
                 ev.set()
+
+
+class EndEvent(threading.Event):
+    """Set when a job may have ended; carries the final row when the notifier knew it."""
+    row: JobRow | None = None
 
 
 class ChildFinished(threading.Event):
@@ -488,7 +495,7 @@ class QueueManager:
                 self.on_final(jt.config, stored)
             except Exception:  # noqa: BLE001 - reporting must never break job processing
                 self.log.exception("job %d: the on_final hook failed", row.jobid)
-        self.completions.notify(row.jobid)
+        self.completions.notify(row.jobid, stored)
 
     # -- commands ----------------------------------------------------------
     def cancel(self, jobid: int) -> JobRow:
@@ -537,7 +544,8 @@ class QueueManager:
                     step = min(step, deadline - time.monotonic())
                     if step <= 0:
                         return None
-                ev.wait(step)
+                if ev.wait(step) and ev.row is not None and ev.row.is_final:
+                    return ev.row
             finally:
                 self.completions.unregister(jobid, ev)
             if gone():
