@@ -117,9 +117,16 @@ class DBQueue(queue.Queue):
                 raise QueueStopped(self.jobname)
             if self._qsize():
                 return self._get()
-            if not self._claiming:
+            # claim for the idle workers not already promised a job being stored for them;
+            # they stay promised while the claim runs, so no job is claimed twice over
+            want = min(self._waiting - self._reserved, self.maxsize - self._qsize())
+            if not self._claiming and want > 0:
                 generation = self._generation
-                rows, failed = self._claim_unlocked(min(self._waiting, self.maxsize - self._qsize()))
+                self._reserved += want
+                try:
+                    rows, failed = self._claim_unlocked(want)
+                finally:
+                    self._reserved -= want
                 for row in rows:
                     self._put(row)
                 if rows:

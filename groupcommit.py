@@ -33,7 +33,7 @@ class RowInsert:
         self.values = values
 
     def __call__(self, conn: Connection) -> int:
-        return int(conn.execute(insert(self.table).values(**self.values)).inserted_primary_key[0])
+        return int(conn.execute(insert(self.table), self.values).inserted_primary_key[0])
 
 
 def is_transient(exc: BaseException) -> bool:

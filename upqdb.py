@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData,
+from sqlalchemy import (BigInteger, Column, DateTime, bindparam, Index, Integer, MetaData,
                         String, Table, Text, create_engine, delete, event, func,
                         insert, select, update)
 from sqlalchemy.dialects import mysql
@@ -180,6 +180,30 @@ def _row(r: Any) -> JobRow:
         node=r.node, parent=r.parent)
 
 
+# The hot path's statements, built once (their compiled form is cached by SQLAlchemy).
+_FINISH = (update(jobs)
+           .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "running",
+                  jobs.c.attempts == bindparam("b_attempts"), jobs.c.node == bindparam("b_node"),
+                  jobs.c.cancel_requested == 0)
+           .values(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
+                   finished=bindparam("finished")))
+
+# Claim: the oldest due jobs of a type (b_name, b_now, b_limit), moved to running for b_node.
+_PICK = (select(jobs.c.jobid)
+         .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new",
+                jobs.c.run_after.is_(None) | (jobs.c.run_after <= bindparam("b_now")))
+         .order_by(jobs.c.jobid).limit(bindparam("b_limit")))
+
+
+def _claim_update(*where: Any) -> Any:
+    return update(jobs).where(*where).values(
+        state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None,
+        node=bindparam("b_node"), cancel_requested=0)
+
+
+_CLAIM_SQLITE = _claim_update(jobs.c.jobid.in_(_PICK)).returning(jobs)
+
+
 class Database:
     """The storage interface: every other module reaches SQL only through this."""
 
@@ -210,10 +234,12 @@ class Database:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
 
-            @event.listens_for(engine, "begin")
-            def _begin(conn: Connection) -> None:
-                # a write transaction takes the lock up front: no upgrade, no SQLITE_BUSY mid-way
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+            if writer:
+                @event.listens_for(engine, "begin")
+                def _begin(conn: Connection) -> None:
+                    # a write transaction takes the lock up front: no upgrade, no SQLITE_BUSY mid-way
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # reads stay in autocommit: each statement sees the latest commit, no BEGIN/ROLLBACK
             return engine
         # No pre-ping (a frozen server would cost a full read timeout before the query even
         # starts): a dropped connection fails fast and is retried once on a fresh one. Reads
@@ -385,38 +411,33 @@ class Database:
     def _claim(self, conn: Connection, jobname: str, limit: int, node: str,
                skip: tuple[int, ...]) -> list[JobRow]:
         now = self.db_now(conn)
-        due = (jobs.c.run_after.is_(None)) | (jobs.c.run_after <= now)
-        cond = [jobs.c.jobname == jobname, jobs.c.state == "new", due]
-        if skip:
-            cond.append(jobs.c.jobid.not_in(skip))
-        pick = select(jobs.c.jobid).where(*cond).order_by(jobs.c.jobid).limit(limit)
-        claimed = dict(state="running", attempts=jobs.c.attempts + 1, started=now, finished=None,
-                       node=node, cancel_requested=0)
+        pick = _PICK if not skip else _PICK.where(jobs.c.jobid.not_in(skip))
+        args = dict(b_name=jobname, b_now=now, b_limit=limit, b_node=node)
         if self.is_sqlite:
             # one statement; the writer's BEGIN IMMEDIATE makes it atomic across processes too
-            rows = conn.execute(update(jobs).where(jobs.c.jobid.in_(pick)).values(**claimed).returning(jobs))
-            return sorted((_row(r) for r in rows), key=lambda r: r.jobid)
-        ids = [r[0] for r in conn.execute(pick.with_for_update(skip_locked=True))]
+            stmt = _CLAIM_SQLITE if not skip else _claim_update(jobs.c.jobid.in_(pick)).returning(jobs)
+            return sorted((_row(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
+        ids = [r[0] for r in conn.execute(pick.with_for_update(skip_locked=True), args)]
         if not ids:
             return []
-        conn.execute(update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == "new").values(**claimed))
+        conn.execute(_claim_update(jobs.c.jobid.in_(ids), jobs.c.state == "new"), args)
         rows = conn.execute(select(jobs).where(jobs.c.jobid.in_(ids)).order_by(jobs.c.jobid))
         return [_row(r) for r in rows if r.state == "running" and r.node == node]
 
     def _record(self, conn: Connection, row: JobRow, outcome: Outcome, node: str,
                 policy: RetryPolicy) -> JobRow | None:
-        fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
-                 jobs.c.attempts == row.attempts, jobs.c.node == node)
         final = outcome.state == "done" or (outcome.state == "failed" and policy.next_delay(row.retries_used) is None)
         msg, result = cap_msg(outcome.msg), encode_result(outcome.result)
         if final:
             # the common case: one fenced statement, no read back
             now = utcnow()
-            res = conn.execute(update(jobs).where(*fence, jobs.c.cancel_requested == 0)
-                               .values(state=outcome.state, msg=msg, result=result, finished=now))
+            res = conn.execute(_FINISH, dict(b_jobid=row.jobid, b_attempts=row.attempts, b_node=node,
+                                             state=outcome.state, msg=msg, result=result, finished=now))
             if res.rowcount == 1:
                 return dataclasses.replace(row, state=outcome.state, msg=msg, finished=now,
                                            result=None if result is None else json.loads(result))
+        fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
+                 jobs.c.attempts == row.attempts, jobs.c.node == node)
         cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
         if cur is None:
             return None
