@@ -612,6 +612,12 @@ class Database:
             return out
         return self.write(op)
 
+    def cancel_requests(self, node: str) -> list[int]:
+        """Jobs running on this node that a client (on any daemon) asked to cancel."""
+        return self._read(lambda conn: [int(r[0]) for r in conn.execute(
+            select(jobs.c.jobid).where(jobs.c.state == "running", jobs.c.node == node,
+                                       jobs.c.cancel_requested == 1))])
+
     def list_nodes(self) -> list[dict[str, Any]]:
         """Every daemon known to this database, with how many jobs each runs now."""
         def q(conn: Connection) -> list[dict[str, Any]]:

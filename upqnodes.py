@@ -27,12 +27,14 @@ class NodeKeeper:
     """Registers, heartbeats and reaps; one per daemon."""
 
     def __init__(self, db: Database, node: str, timeout: float, logger: logging.Logger,
-                 on_requeue: Callable[[], None] = lambda: None):
+                 on_requeue: Callable[[], None] = lambda: None,
+                 on_cancel: Callable[[list[int]], None] = lambda ids: None):
         self.db = db
         self.node = node
         self.timeout = timeout
         self.log = logger
         self.on_requeue = on_requeue
+        self.on_cancel = on_cancel          # cancels sent to another daemon reach our runs
         self.interval = min(1.0, timeout / 4)     # beats are cheap; frequent ones tell the living apart
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -87,6 +89,9 @@ class NodeKeeper:
                 self.log.warning("node %s was declared dead (paused or cut off for over %gs); its "
                                  "running jobs were re-queued and any late outcome of them is discarded",
                                  self.node, self.timeout)
+            cancelled = self.db.cancel_requests(self.node)
+            if cancelled:
+                self.on_cancel(cancelled)
             for name, moved in self.db.reap_dead_nodes(self.node, self.timeout):
                 self.log.warning("node %s is dead (no heartbeat for %gs): re-queued its %d running job(s)",
                                  name, self.timeout, moved)

@@ -514,6 +514,14 @@ class QueueManager:
         self.completions.notify(jobid)
         return row
 
+    def flag_cancelled(self, jobids: list[int]) -> None:
+        """Runs here whose cancel was asked elsewhere (seen at the heartbeat) see job.cancelled."""
+        with self._lock:
+            for jobid in jobids:
+                job = self._running.get(jobid)
+                if job is not None:
+                    job.cancelled = True
+
     def retry(self, jobid: int) -> JobRow:
         """`retry`: queue a failed or cancelled job again."""
         res = self.db.retry(jobid)

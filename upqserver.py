@@ -331,6 +331,7 @@ class LineHandler(socketserver.BaseRequestHandler):
         sock.settimeout(self.server.idle_timeout)
         buf = bytearray()
         skipping = False            # inside an over-long line: drop bytes up to the next \n
+        partial_since: float | None = None   # a line must be complete within idle_timeout
         while True:
             try:
                 data = sock.recv(65536)
@@ -357,6 +358,14 @@ class LineHandler(socketserver.BaseRequestHandler):
             elif skipping:
                 buf.clear()
             if lines and not self._answer(sock, lines):
+                return
+            if not (buf or skipping):
+                partial_since = None
+            elif partial_since is None or lines:
+                partial_since = time.monotonic()
+            elif time.monotonic() - partial_since > self.server.idle_timeout:
+                # a client trickling one line byte by byte (slow loris) does not keep a thread
+                self._send(sock, [err(f"line not finished within {self.server.idle_timeout:g} s")])
                 return
 
     def _answer(self, sock: socket.socket, lines: list[Any]) -> bool:

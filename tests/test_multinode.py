@@ -393,3 +393,17 @@ def test_burst_on_three_daemons_loses_and_duplicates_nothing(make_daemon) -> Non
     for d in daemons:
         assert d.proc.poll() is None
         assert "Traceback" not in d.log(), d.log()[-3000:]
+
+
+@MYSQL_ONLY
+def test_cancel_sent_to_another_daemon_reaches_the_running_job(make_daemon) -> None:
+    """The cancel flag is in the database; the daemon running the job sees it at its heartbeat."""
+    a = make_daemon(jobs={"coop": {}}, subdir="a")
+    b = make_daemon(jobs={"hello": {}}, subdir="b")
+    jobid = a.submit("coop max:20")
+    wait_for(lambda: any(r[0] == "coop" for r in a.read_records()), 10, "the coop job to start on a")
+    answer = b.ask(f"cancel {jobid}")
+    assert answer.startswith("ACK {"), answer
+    job = b.wait_job(jobid, 10)
+    assert job["state"] == "cancelled" and job["msg"] == "saw self.cancelled", job
+    assert any(r[0] == "coopsaw" for r in a.read_records())

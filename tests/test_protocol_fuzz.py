@@ -403,6 +403,30 @@ def test_slow_loris_clients_are_answered_and_do_not_starve_others(f: Fuzzed) -> 
     count("slow-loris clients", 6)
 
 
+def test_a_line_trickled_forever_is_cut_off_after_idle_timeout(f: Fuzzed) -> None:
+    """A byte every 0.2 s never trips the per-read timeout; the line's own deadline does."""
+    with Conn(f.d.socket, timeout=IDLE_TIMEOUT + 5) as c:
+        t0 = time.monotonic()
+        answer = None
+        while time.monotonic() - t0 < IDLE_TIMEOUT + 4:
+            try:
+                c.send(b"x")
+            except OSError:
+                break
+            c.sock.settimeout(0.2)              # the trickle's pace, and a bounded look for the answer
+            try:
+                answer = c.line()
+                break
+            except (TimeoutError, socket.timeout):
+                continue
+            except ConnectionError:
+                break
+        elapsed = time.monotonic() - t0
+    assert answer is not None and answer.startswith("ERR line not finished"), answer
+    assert IDLE_TIMEOUT - 0.5 < elapsed < IDLE_TIMEOUT + 3, elapsed
+    assert f.d.ask("ping") == "ACK pong"
+
+
 def test_more_than_max_connections_get_err_busy(f: Fuzzed) -> None:
     held = []
     try:
