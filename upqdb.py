@@ -395,15 +395,12 @@ class Database:
         skip = tuple(exclude)
         return self.write(lambda conn: self._claim(conn, jobname, limit, node, skip))
 
-    def record_outcome(self, row: JobRow, outcome: Outcome, node: str,
-                       policy: RetryPolicy = RetryPolicy()) -> JobRow | None:
-        """Write how a run ended (re-queueing it when a retry is due); fenced so a stale
-        run cannot overwrite a newer one. Returns the stored row, None if fenced out."""
-        return self.write(lambda conn: self._record(conn, row, outcome, node, policy))
-
     def record_outcome_async(self, row: JobRow, outcome: Outcome, node: str,
                              policy: RetryPolicy) -> "Future[JobRow | None]":
-        """record_outcome without waiting: a worker goes on while the commit is shared."""
+        """Write how a run ended (re-queueing it when a retry is due), fenced on jobid, state,
+        attempt and node so a stale run cannot overwrite a newer one. The worker does not wait:
+        the commit is shared with the next ones. The future holds the stored row, or None
+        if the run was fenced out."""
         return self.writer.submit(lambda conn: self._record(conn, row, outcome, node, policy))
 
     def unclaim(self, rows: Iterable[JobRow], node: str) -> None:
