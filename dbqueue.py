@@ -18,7 +18,8 @@ import time
 from concurrent.futures import Future
 from typing import Callable
 
-from upqdb import Database, DatabaseUnavailable, JobRow, Outcome, RetryPolicy, utcnow
+from upqdb import Database, DatabaseUnavailable
+from upqschema import JobRow, Outcome, RetryPolicy, utcnow
 
 
 class QueueStopped(Exception):

@@ -34,7 +34,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from parseconfig import Config, JobConfig, MailConfig, NotifyConfig, NotifyTarget
-from upqdb import JobRow, iso
+from upqschema import JobRow, iso
 
 QUEUE_SIZE = 10_000
 TRIES = 3                       # attempts per notification

@@ -1,4 +1,4 @@
-"""All of upq's SQL: the schema and every state change of a job.
+"""All of upq's SQL: creating the schema and every state change of a job or node.
 
 Every write goes through the group-commit `Writer` (groupcommit.py); reads run
 on their own pooled connections.
@@ -14,170 +14,17 @@ import logging
 import os
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import (BigInteger, Column, DateTime, bindparam, Index, Integer, MetaData,
-                        String, Table, Text, create_engine, delete, event, func,
-                        insert, select, update)
-from sqlalchemy.dialects import mysql
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from groupcommit import DatabaseUnavailable, RowInsert, Writer, describe
-
-SCHEMA_VERSION = 1
-MAX_MSG_CHARS = 4000            # msg is a short text; longer ones are cut (documented)
-MAX_RESULT_CHARS = 1_000_000    # a result's JSON beyond this is replaced by an error note
-STATES_FINAL = ("done", "failed", "cancelled")
-# "held": stored by enqueue_job() inside check(), not yet accepted; shown as "new".
-STATES = ("held", "new", "running") + STATES_FINAL
+from upqschema import (SCHEMA_VERSION, JobRow, Outcome, RetryPolicy, cap_msg, encode_result, iso,
+                       jobs, meta, metadata, nodes, row_from, utcnow)
 
 T = TypeVar("T")
-
-_BigId = BigInteger().with_variant(Integer(), "sqlite")
-_Time = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-_LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-
-metadata = MetaData()
-
-jobs = Table(
-    "upq_jobs", metadata,
-    Column("jobid", _BigId, primary_key=True, autoincrement=True),
-    Column("jobname", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("params", _LongText, nullable=False),
-    Column("msg", Text, nullable=False, default=""),
-    Column("result", _LongText, nullable=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("retries_used", Integer, nullable=False, default=0),
-    Column("created", _Time, nullable=False),
-    Column("started", _Time, nullable=True),
-    Column("finished", _Time, nullable=True),
-    Column("run_after", _Time, nullable=True),
-    Column("node", String(255), nullable=True),
-    Column("parent", BigInteger, nullable=True),
-    Column("cancel_requested", Integer, nullable=False, default=0),
-    # claim order and per-type counts (stats) are both served by this index
-    Index("ix_upq_jobs_claim", "jobname", "state", "jobid"),
-    # list by state, newest first (orphan recovery filters the few running rows by node)
-    Index("ix_upq_jobs_state", "state", "jobid"),
-    Index("ix_upq_jobs_parent", "parent"),
-)
-
-nodes = Table(
-    "upq_nodes", metadata,
-    Column("node", String(255), primary_key=True),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started", _Time, nullable=False),
-    Column("heartbeat", _Time, nullable=False),
-    Column("state", String(16), nullable=False),          # alive | dead | stopped
-)
-
-meta = Table(
-    "upq_meta", metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(255), nullable=False),
-)
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """One job as stored."""
-    jobid: int
-    jobname: str
-    state: str
-    params: dict[str, str]
-    msg: str
-    result: Any
-    attempts: int
-    retries_used: int
-    created: dt.datetime
-    started: dt.datetime | None
-    finished: dt.datetime | None
-    run_after: dt.datetime | None
-    node: str | None
-    parent: int | None
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in STATES_FINAL
-
-    def to_json(self) -> dict[str, Any]:
-        """The job as clients see it (SPEC: the job JSON)."""
-        return {
-            "jobid": self.jobid, "jobname": self.jobname,
-            "state": "new" if self.state == "held" else self.state,
-            "params": self.params, "msg": self.msg, "result": self.result,
-            "attempts": self.attempts, "created": iso(self.created),
-            "started": iso(self.started), "finished": iso(self.finished),
-            "run_after": iso(self.run_after), "node": self.node, "parent": self.parent,
-        }
-
-    @property
-    def wait_answer(self) -> str:
-        """`wait` answers ACK only for done."""
-        return "ACK" if self.state == "done" else "ERR"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one run ended."""
-    state: str                  # done | failed | cancelled | retry (the job asked to run again)
-    msg: str = ""
-    result: Any = None
-    delay: float = 0.0          # retry only: seconds before the next attempt
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """A job type's retries: failed attempt k (1-based) waits delay * 2**(k-1) seconds."""
-    retries: int = 0
-    delay: float = 30.0
-
-    def next_delay(self, retries_used: int) -> float | None:
-        """Seconds until the next try, or None when the budget is spent."""
-        if retries_used >= self.retries:
-            return None
-        return self.delay * 2 ** retries_used
-
-
-def utcnow() -> dt.datetime:
-    """Naive UTC, the form every time column holds."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def iso(t: dt.datetime | None) -> str | None:
-    return None if t is None else t.isoformat(timespec="microseconds") + "Z"
-
-
-def encode_result(result: Any) -> str | None:
-    """JSON for the result column, capped so a poison job cannot bloat the database."""
-    if result is None:
-        return None
-    try:
-        text = json.dumps(result, ensure_ascii=False, default=str, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        text = json.dumps({"error": f"result is not JSON: {exc}"})
-    if len(text) > MAX_RESULT_CHARS:
-        text = json.dumps({"error": f"result too large ({len(text)} chars, limit {MAX_RESULT_CHARS})"})
-    return text
-
-
-def cap_msg(msg: Any) -> str:
-    text = "" if msg is None else str(msg)
-    return text if len(text) <= MAX_MSG_CHARS else text[:MAX_MSG_CHARS - 3] + "..."
-
-
-def _row(r: Any) -> JobRow:
-    return JobRow(
-        jobid=int(r.jobid), jobname=r.jobname, state=r.state,
-        params=json.loads(r.params), msg=r.msg or "",
-        result=None if r.result is None else json.loads(r.result),
-        attempts=r.attempts, retries_used=r.retries_used, created=r.created,
-        started=r.started, finished=r.finished, run_after=r.run_after,
-        node=r.node, parent=r.parent)
 
 
 # The hot path's statements, built once (their compiled form is cached by SQLAlchemy).
@@ -316,7 +163,7 @@ class Database:
     def get_job(self, jobid: int) -> JobRow | None:
         def q(conn: Connection) -> JobRow | None:
             r = conn.execute(select(jobs).where(jobs.c.jobid == jobid)).first()
-            return None if r is None else _row(r)
+            return None if r is None else row_from(r)
         return self._read(q)
 
     def children(self, jobid: int) -> list[dict[str, Any]]:
@@ -335,7 +182,7 @@ class Database:
                 stmt = stmt.where(jobs.c.state.in_(("new", "held")))
             elif state:
                 stmt = stmt.where(jobs.c.state == state)
-            return [_row(r) for r in conn.execute(stmt)]
+            return [row_from(r) for r in conn.execute(stmt)]
         return self._read(q)
 
     def count_by_state(self) -> dict[str, dict[str, int]]:
@@ -419,11 +266,11 @@ class Database:
         if self.is_sqlite:
             # one statement; the writer's BEGIN IMMEDIATE makes it atomic across processes too
             stmt = _CLAIM_SQLITE if not skip else _claim_update(jobs.c.jobid.in_(pick)).returning(jobs)
-            return sorted((_row(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
+            return sorted((row_from(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
         # MySQL: lock the rows (skipping ones other daemons hold), then move them, by key: two
         # round trips; the rows returned are what the update wrote
         pick_rows = _PICK_ROWS_MYSQL if not skip else _PICK_ROWS_MYSQL.where(jobs.c.jobid.not_in(skip))
-        locked = [_row(r) for r in conn.execute(pick_rows, args)]
+        locked = [row_from(r) for r in conn.execute(pick_rows, args)]
         if not locked:
             return []
         conn.execute(_claim_update(jobs.c.jobid.in_([r.jobid for r in locked])), args)
@@ -458,7 +305,7 @@ class Database:
             values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=delay),
                           retries_used=cur.retries_used + 1)
         conn.execute(update(jobs).where(*fence).values(**values))
-        return _row(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
+        return row_from(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
 
     def cancel(self, jobid: int) -> tuple[str, JobRow] | None:
         """A queued job is cancelled at once, a running one flagged; returns (state before, row)."""
@@ -472,7 +319,7 @@ class Database:
             elif before == "running":
                 conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "running")
                              .values(cancel_requested=1))
-            return before, _row(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
+            return before, row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
 
     def retry(self, jobid: int) -> tuple[str, JobRow] | None:
@@ -485,7 +332,7 @@ class Database:
                 conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == before)
                              .values(state="new", run_after=None, finished=None, retries_used=0,
                                      cancel_requested=0))
-            return before, _row(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
+            return before, row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
 
     # -- nodes (several daemons on one database) ---------------------------

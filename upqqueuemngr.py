@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from dbqueue import DBQueue, QueueStopped
 from parseconfig import Config, JobConfig
-from upqdb import STATES_FINAL, Database, DatabaseUnavailable, JobRow, Outcome, RetryPolicy
+from upqdb import Database, DatabaseUnavailable
+from upqschema import STATES_FINAL, JobRow, Outcome, RetryPolicy
 from upqjob import Retry, UpqJob
 
 

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from module_loader import JOB_NAME_RE, RESERVED_NAMES
 from parseconfig import ConfigError
-from upqdb import STATES, DatabaseUnavailable, JobRow
+from upqdb import DatabaseUnavailable
+from upqschema import STATES, JobRow
 from upqqueuemngr import Accepted, JobRejected, QueueManager, UnknownJob
 
 MAX_LINE = 64 * 1024

@@ -21,7 +21,7 @@ from aiosmtpd.controller import Controller
 from conftest import UPQ, wait_for
 from notify import Notifier, check_smtp, smtp_warnings
 from parseconfig import JobConfig, MailConfig, NotifyConfig, load_config
-from upqdb import JobRow
+from upqschema import JobRow
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 LOCAL0, LOCAL3, USER = 16, 19, 1

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import Daemon, wait_for
-from upqdb import MAX_MSG_CHARS, MAX_RESULT_CHARS
+from upqschema import MAX_MSG_CHARS, MAX_RESULT_CHARS
 
 DAEMON_JOBS = {"hugemsg": {}, "hugeresult": {}, "oddresult": {}, "initraiser": {}, "hello": {}}
 SMALL_ANSWER = 8 * 1024 + MAX_MSG_CHARS * 4      # a status line of a capped job (msg may be UTF-8)

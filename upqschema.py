@@ -1,0 +1,165 @@
+"""What upq stores: the tables, a job row as a value, and the rules for stored values.
+
+Plain data and pure functions; the SQL that changes rows lives in upqdb.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy.dialects import mysql
+
+SCHEMA_VERSION = 1
+MAX_MSG_CHARS = 4000            # msg is a short text; longer ones are cut (documented)
+MAX_RESULT_CHARS = 1_000_000    # a result's JSON beyond this is replaced by an error note
+STATES_FINAL = ("done", "failed", "cancelled")
+# "held": stored by enqueue_job() inside check(), not yet accepted; shown as "new".
+STATES = ("held", "new", "running") + STATES_FINAL
+
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+_Time = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+metadata = MetaData()
+
+jobs = Table(
+    "upq_jobs", metadata,
+    Column("jobid", _BigId, primary_key=True, autoincrement=True),
+    Column("jobname", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("params", _LongText, nullable=False),
+    Column("msg", Text, nullable=False, default=""),
+    Column("result", _LongText, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("retries_used", Integer, nullable=False, default=0),
+    Column("created", _Time, nullable=False),
+    Column("started", _Time, nullable=True),
+    Column("finished", _Time, nullable=True),
+    Column("run_after", _Time, nullable=True),
+    Column("node", String(255), nullable=True),
+    Column("parent", BigInteger, nullable=True),
+    Column("cancel_requested", Integer, nullable=False, default=0),
+    # claim order and per-type counts (stats) are both served by this index
+    Index("ix_upq_jobs_claim", "jobname", "state", "jobid"),
+    # list by state, newest first (orphan recovery filters the few running rows by node)
+    Index("ix_upq_jobs_state", "state", "jobid"),
+    Index("ix_upq_jobs_parent", "parent"),
+)
+
+nodes = Table(
+    "upq_nodes", metadata,
+    Column("node", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", _Time, nullable=False),
+    Column("heartbeat", _Time, nullable=False),
+    Column("state", String(16), nullable=False),          # alive | dead | stopped
+)
+
+meta = Table(
+    "upq_meta", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job as stored."""
+    jobid: int
+    jobname: str
+    state: str
+    params: dict[str, str]
+    msg: str
+    result: Any
+    attempts: int
+    retries_used: int
+    created: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+    run_after: dt.datetime | None
+    node: str | None
+    parent: int | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in STATES_FINAL
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as clients see it (SPEC: the job JSON)."""
+        return {
+            "jobid": self.jobid, "jobname": self.jobname,
+            "state": "new" if self.state == "held" else self.state,
+            "params": self.params, "msg": self.msg, "result": self.result,
+            "attempts": self.attempts, "created": iso(self.created),
+            "started": iso(self.started), "finished": iso(self.finished),
+            "run_after": iso(self.run_after), "node": self.node, "parent": self.parent,
+        }
+
+    @property
+    def wait_answer(self) -> str:
+        """`wait` answers ACK only for done."""
+        return "ACK" if self.state == "done" else "ERR"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended."""
+    state: str                  # done | failed | cancelled | retry (the job asked to run again)
+    msg: str = ""
+    result: Any = None
+    delay: float = 0.0          # retry only: seconds before the next attempt
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A job type's retries: failed attempt k (1-based) waits delay * 2**(k-1) seconds."""
+    retries: int = 0
+    delay: float = 30.0
+
+    def next_delay(self, retries_used: int) -> float | None:
+        """Seconds until the next try, or None when the budget is spent."""
+        if retries_used >= self.retries:
+            return None
+        return self.delay * 2 ** retries_used
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, the form every time column holds."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.isoformat(timespec="microseconds") + "Z"
+
+
+def encode_result(result: Any) -> str | None:
+    """JSON for the result column, capped so a poison job cannot bloat the database."""
+    if result is None:
+        return None
+    try:
+        text = json.dumps(result, ensure_ascii=False, default=str, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        text = json.dumps({"error": f"result is not JSON: {exc}"})
+    if len(text) > MAX_RESULT_CHARS:
+        text = json.dumps({"error": f"result too large ({len(text)} chars, limit {MAX_RESULT_CHARS})"})
+    return text
+
+
+def cap_msg(msg: Any) -> str:
+    text = "" if msg is None else str(msg)
+    return text if len(text) <= MAX_MSG_CHARS else text[:MAX_MSG_CHARS - 3] + "..."
+
+
+def row_from(r: Any) -> JobRow:
+    """A JobRow from a result row of the jobs table."""
+    return JobRow(
+        jobid=int(r.jobid), jobname=r.jobname, state=r.state,
+        params=json.loads(r.params), msg=r.msg or "",
+        result=None if r.result is None else json.loads(r.result),
+        attempts=r.attempts, retries_used=r.retries_used, created=r.created,
+        started=r.started, finished=r.finished, run_after=r.run_after,
+        node=r.node, parent=r.parent)
