@@ -53,10 +53,14 @@ class DBQueue(queue.Queue):
             fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay)
             self.wake_at(time.monotonic() + delay)
             return fut
-        with self.mutex:
-            direct = not self._stopped and self._waiting - self._reserved - self._qsize() > 0
-            if direct:
-                self._reserved += 1
+        # a lock-free look first: with every worker busy (a backlog) submissions never touch the
+        # queue's lock, which the workers and the writer's callbacks also want
+        direct = self._waiting - self._reserved - len(self.queue) > 0
+        if direct:
+            with self.mutex:
+                direct = not self._stopped and self._waiting - self._reserved - self._qsize() > 0
+                if direct:
+                    self._reserved += 1
         if not direct:
             fut = self.db.insert_job_async(self.jobname, params, parent=parent)
             fut.add_done_callback(lambda _f: self.wake())
@@ -84,6 +88,8 @@ class DBQueue(queue.Queue):
 
     def wake(self) -> None:
         """New work may be due: let one idle worker look."""
+        if not self._waiting:
+            return      # nobody to wake, and no claim in flight (a claimer counts as waiting)
         with self.mutex:
             self._generation += 1
             self.not_empty.notify()
