@@ -82,10 +82,6 @@ class DBQueue(queue.Queue):
                                  finished=None, run_after=None, node=self.node, parent=parent))
                 self.not_empty.notify()
 
-    def put(self, params: dict[str, str], block: bool = True, timeout: float | None = None) -> int:  # type: ignore[override]
-        """Store a job and return its id once committed."""
-        return self.put_async(params).result(timeout)
-
     def wake(self) -> None:
         """New work may be due: let one idle worker look."""
         if not self._waiting:

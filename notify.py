@@ -154,7 +154,7 @@ class Notifier:
                 error, final = exc, True
             except OSError as exc:      # smtplib's errors are OSErrors too
                 error, final = exc, tries >= self.tries
-            except Exception as exc:  # noqa: BLE001 - a bad notification must not end the thread
+            except Exception:  # noqa: BLE001 - a bad notification must not end the thread
                 self.log.exception("notification for %s not sent: unexpected error", item.describe())
                 error, final = None, True
             self._done(item, tries, error, final)

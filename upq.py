@@ -11,7 +11,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = list(exc.problems)
         if args.check_config and exc.partial is not None and exc.partial.paths.jobs_dir:
             problems += load_jobs(exc.partial)[1]     # list module problems too
-        print(f"upq: bad config:\n" + "\n".join(problems), file=sys.stderr)
+        print("upq: bad config:\n" + "\n".join(problems), file=sys.stderr)
         return 1
     classes, problems = load_jobs(config)
     if args.pidfile and not args.daemon:

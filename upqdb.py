@@ -309,29 +309,25 @@ class Database:
 
     def cancel(self, jobid: int) -> tuple[str, JobRow] | None:
         """A queued job is cancelled at once, a running one flagged; returns (state before, row)."""
-        def op(conn: Connection) -> tuple[str, JobRow] | None:
-            before = conn.execute(select(jobs.c.state).where(jobs.c.jobid == jobid)).scalar()
-            if before is None:
-                return None
-            if before in ("new", "held"):
-                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == before)
-                             .values(state="cancelled", finished=utcnow(), msg="cancelled before it ran"))
-            elif before == "running":
-                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "running")
-                             .values(cancel_requested=1))
-            return before, row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
-        return self.write(op)
+        queued = dict(state="cancelled", finished=utcnow(), msg="cancelled before it ran")
+        return self._change_by_state(jobid, {"new": queued, "held": queued,
+                                             "running": dict(cancel_requested=1)})
 
     def retry(self, jobid: int) -> tuple[str, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
+        again = dict(state="new", run_after=None, finished=None, retries_used=0, cancel_requested=0)
+        return self._change_by_state(jobid, {"failed": again, "cancelled": again})
+
+    def _change_by_state(self, jobid: int,
+                         changes: dict[str, dict[str, Any]]) -> tuple[str, JobRow] | None:
+        """Apply the change meant for the job's current state, if any; (state before, row after)."""
         def op(conn: Connection) -> tuple[str, JobRow] | None:
             before = conn.execute(select(jobs.c.state).where(jobs.c.jobid == jobid)).scalar()
             if before is None:
                 return None
-            if before in ("failed", "cancelled"):
+            if before in changes:
                 conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == before)
-                             .values(state="new", run_after=None, finished=None, retries_used=0,
-                                     cancel_requested=0))
+                             .values(**changes[before]))
             return before, row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
 

@@ -57,10 +57,8 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess

@@ -99,7 +99,7 @@ class Daemon:
         srv = {"allow_root": "true", "shutdown_grace": "5", "poll_interval": "0.2", **self.server}
         sections = [
             "[logging]\nloglevel = debug\nlogfile = ./upq.log\n",
-            f"[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\nrecords = ./records.log\n",
+            "[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\nrecords = ./records.log\n",
             f"[db]\nurl = {self.db_url}\n",
             "[server]\n" + "".join(f"{k} = {v}\n" for k, v in srv.items()),
         ]

@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -215,15 +215,8 @@ def test_bad_config_exits_non_zero_naming_section_and_key(workdir: Path, sqlite_
     text = d.cfg.read_text()
     assert old in text
     d.cfg.write_text(text.replace(old, new, 1))
-    d.start(expect_ok=False)
-    try:
-        code = d.proc.wait(timeout=30)
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=10)
+    code, message = start_and_expect_refusal(d)
     assert code != 0
-    message = d.stderr()
     assert str(d.cfg) in message and section in message and key in message, message
     assert "Traceback" not in message, message
     assert not os.path.exists(d.socket)

@@ -13,7 +13,7 @@ import re
 import signal
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
