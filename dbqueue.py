@@ -1,12 +1,24 @@
 """DBQueue: one job type's queue, whose truth is the database.
 
-`put` stores a job (ACK-able once the future resolves); `get` claims due jobs
-atomically (new -> running) for the workers that are idle right now, so memory
-holds at most one claimed job per idle worker however long the backlog is.
-Two shortcuts keep the database round trips per job low: a submission that
-finds an idle worker here is stored already claimed by this node and handed
-straight to it, and a worker records its outcome and claims its next job in
-one transaction (`finish`).
+`put_async` stores a job (ACK-able once the future resolves); `get` hands a
+worker a job it has started. Memory holds a bounded number of claimed jobs
+however long the backlog is. The writer thread's CPU is what limits a busy
+daemon, so the database work per job is kept low:
+- a submission that finds an idle worker here is stored already running on
+  this node and handed straight to it;
+- outcomes are recorded without the worker waiting (`finish`);
+- while this daemon is alone on its database (`set_leasing`), a claim leases as
+  many due jobs as the workers run within LEASE_WINDOW seconds (at least one per
+  idle worker): new -> leased, reserved for this node and still shown as new. A
+  worker starts one (leased -> running) without waiting for that commit either;
+  its outcome is fenced on the start. A cancel takes a leased job out of this
+  queue first (`withdraw`), so no worker starts it. After a crash, leases go back
+  to new with `attempts` counted up, since a start may have been under way.
+- With other daemons on the database, a claim takes one job per idle worker,
+  new -> running, as a cancel sent to another daemon must be able to stop a job
+  that has not started.
+A lease not started within `lease_validity` seconds (node_timeout / 2) is given
+back rather than started: a paused daemon cannot start a job reaped meanwhile.
 """
 from __future__ import annotations
 
@@ -21,6 +33,9 @@ from typing import Callable
 from upqdb import Database, DatabaseUnavailable
 from upqschema import JobRow, Outcome, RetryPolicy, utcnow
 
+LEASE_WINDOW = 0.05         # seconds of the workers' runs leased ahead (fast jobs only)
+LEASE_MAX = 256             # jobs leased at most, per type
+
 
 class QueueStopped(Exception):
     """The queue is shutting down: workers leave their loop."""
@@ -30,8 +45,9 @@ class DBQueue(queue.Queue):
     """A bounded in-memory buffer of claimed jobs, refilled from the database on demand."""
 
     def __init__(self, db: Database, jobname: str, node: str, logger: logging.Logger,
-                 poll_interval: float = 1.0, maxsize: int = 64):
-        super().__init__(maxsize=maxsize)
+                 poll_interval: float = 1.0, maxsize: int = 64, lease_validity: float = 15.0):
+        super().__init__(maxsize=maxsize)     # maxsize: the type's worker slots
+        # self.queue holds (row, monotonic time its lease ends) pairs
         self.db = db
         self.jobname = jobname
         self.node = node
@@ -44,6 +60,9 @@ class DBQueue(queue.Queue):
         self._stopped = False
         self._next_due = float("inf")   # monotonic time a known delayed job becomes due
         self.held_back: set[int] = set()  # jobs whose timed-out run is still alive here
+        self.avg_run = 1.0          # seconds per run (moving average); slow until measured
+        self.leasing = False        # alone on the database: lease ahead (set_leasing)
+        self.lease_validity = lease_validity
 
     # -- producer side -----------------------------------------------------
     def put_async(self, params: dict[str, str], parent: int | None = None,
@@ -77,9 +96,10 @@ class DBQueue(queue.Queue):
         with self.mutex:
             self._reserved -= 1
             if fut.exception() is None:
-                self._put(JobRow(jobid=fut.result(), jobname=self.jobname, state="running", params=params,
-                                 msg="", result=None, attempts=1, retries_used=0, created=now, started=now,
-                                 finished=None, run_after=None, node=self.node, parent=parent))
+                self._put((JobRow(jobid=fut.result(), jobname=self.jobname, state="running", params=params,
+                                  msg="", result=None, attempts=1, retries_used=0, created=now, started=now,
+                                  finished=None, run_after=None, node=self.node, parent=parent),
+                           float("inf")))
                 self.not_empty.notify()
 
     def wake(self) -> None:
@@ -105,15 +125,76 @@ class DBQueue(queue.Queue):
     # -- consumer side -----------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None,  # type: ignore[override]
             leave: Callable[[], bool] = lambda: False) -> JobRow:
-        """Return a job this node has claimed; QueueStopped at shutdown or when leave() says so."""
-        with self.mutex:
-            self._waiting += 1
-            try:
-                return self._get_locked(leave)
-            finally:
-                self._waiting -= 1
+        """Return a job this node has started; QueueStopped at shutdown or when leave() says so."""
+        while True:
+            with self.mutex:
+                self._waiting += 1
+                try:
+                    row, lease_end = self._get_locked(leave)
+                finally:
+                    self._waiting -= 1
+            if row.state != "leased":
+                return row          # claimed or handed over already running
+            if time.monotonic() > lease_end:
+                self.log.info("job %d: leased over %gs ago and not started; giving it back",
+                              row.jobid, self.lease_validity)
+                self.give_back([row])
+                continue
+            fut, started = self.db.start_async(row, self.node)
+            fut.add_done_callback(self._started)
+            return started
 
-    def _get_locked(self, leave: Callable[[], bool]) -> JobRow:
+    def _started(self, fut: "Future[bool]") -> None:
+        if fut.exception() is None and not fut.result():
+            self.log.warning("a leased %s job was taken over before its start was recorded (this "
+                             "daemon was paused?); its run's outcome will be discarded", self.jobname)
+
+    def ran(self, seconds: float) -> None:
+        """A run took `seconds`: how far ahead to lease follows how fast jobs run."""
+        self.avg_run += 0.2 * (seconds - self.avg_run)
+
+    def set_leasing(self, on: bool) -> None:
+        """Lease ahead only while alone on the database; leases held when that ends go back."""
+        with self.mutex:
+            self.leasing = on
+            back = [] if on else self._take_out(lambda row: row.state == "leased")
+        self.give_back(back)
+
+    def withdraw(self, jobid: int) -> JobRow | None:
+        """Take a leased job out before a worker has it (to cancel it); the job if it was here."""
+        with self.mutex:
+            out = self._take_out(lambda row: row.jobid == jobid and row.state == "leased")
+        return out[0] if out else None
+
+    def give_back(self, rows: list[JobRow]) -> None:
+        """Leased jobs this queue will not start go back to new for any daemon."""
+        if not rows:
+            return
+        try:
+            self.db.unclaim(rows, self.node)
+        except DatabaseUnavailable as exc:
+            self.log.warning("%d leased %s job(s) stay reserved for this daemon until it restarts: %s",
+                             len(rows), self.jobname, exc)
+
+    def _take_out(self, match: Callable[[JobRow], bool]) -> list[JobRow]:
+        """Remove the buffered jobs that match; caller holds the mutex."""
+        out = [row for row, _ in self.queue if match(row)]
+        if out:
+            keep = [entry for entry in self.queue if not match(entry[0])]
+            self.queue.clear()
+            self.queue.extend(keep)
+        return out
+
+    def _want(self) -> int:
+        """How many jobs one claim takes: one per idle worker not promised a job being stored
+        for it, and when leasing, what the workers run within LEASE_WINDOW; caller holds the mutex."""
+        idle = self._waiting - self._reserved
+        if not self.leasing:
+            return min(idle, self.maxsize - self._qsize())
+        ahead = int(self.maxsize * LEASE_WINDOW / max(self.avg_run, 1e-5))
+        return min(max(idle, ahead), LEASE_MAX) - self._qsize()
+
+    def _get_locked(self, leave: Callable[[], bool]) -> tuple[JobRow, float]:
         backoff = 0.0
         while True:
             if self._stopped or leave():
@@ -122,16 +203,21 @@ class DBQueue(queue.Queue):
                 return self._get()
             # claim for the idle workers not already promised a job being stored for them;
             # they stay promised while the claim runs, so no job is claimed twice over
-            want = min(self._waiting - self._reserved, self.maxsize - self._qsize())
+            want = self._want()
             if not self._claiming and want > 0:
                 generation = self._generation
                 self._reserved += want
+                lease = self.leasing
                 try:
-                    rows, failed = self._claim_unlocked(want)
+                    rows, failed = self._claim_unlocked(want, lease)
                 finally:
                     self._reserved -= want
+                if lease and not self.leasing:
+                    self.give_back(rows)    # leasing ended while we claimed (rare)
+                    rows = []
+                lease_end = time.monotonic() + self.lease_validity
                 for row in rows:
-                    self._put(row)
+                    self._put((row, lease_end))
                 if rows:
                     self.not_empty.notify_all()
                     backoff = 0.0
@@ -146,12 +232,13 @@ class DBQueue(queue.Queue):
                 continue
             self.not_empty.wait(backoff or min(self.poll_interval, self._next_due - now))
 
-    def _claim_unlocked(self, want: int) -> tuple[list[JobRow], bool]:
+    def _claim_unlocked(self, want: int, lease: bool) -> tuple[list[JobRow], bool]:
         """Claim with the mutex released so submissions are not blocked meanwhile."""
         self._claiming = True
         self.mutex.release()
         try:
-            return self.db.claim(self.jobname, max(1, want), self.node, tuple(self.held_back)), False
+            return self.db.claim(self.jobname, max(1, want), self.node, tuple(self.held_back),
+                                 lease=lease), False
         except DatabaseUnavailable as exc:
             self.log.warning("claiming %s jobs failed: %s", self.jobname, exc)
             return [], True
@@ -188,6 +275,6 @@ class DBQueue(queue.Queue):
         """Wake every worker to leave; returns claimed jobs that never started."""
         with self.mutex:
             self._stopped = True
-            left = [self._get() for _ in range(self._qsize())]
+            left = [self._get()[0] for _ in range(self._qsize())]
             self.not_empty.notify_all()
         return left

@@ -2,7 +2,10 @@
 
 Concurrent submissions, claims and outcomes share one commit (one fsync on
 SQLite), and SQLite gets a single writing connection, so writers never fight
-over its lock. Single-row inserts queued together become one executemany.
+over its lock. Operations of one `Batchable` kind queued together (single-row
+inserts, finished runs) become one executemany: the writer thread's CPU, not
+the disk, is what limits a busy daemon, and one statement for many rows is what
+saves it.
 """
 from __future__ import annotations
 
@@ -25,8 +28,28 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached or refused the work; str() is the reason."""
 
 
-class RowInsert:
-    """A write operation inserting one row; neighbours in a batch become one executemany."""
+class MergeMismatch(Exception):
+    """A merged statement touched fewer rows than it had operations: run them one by one."""
+
+
+class Batchable:
+    """A write operation that runs with the others of its kind in the batch as one statement.
+
+    The merged groups run first, before the batch's other operations: only kinds whose
+    order against concurrent work does not matter may be Batchable. `run_many` raises
+    MergeMismatch when it cannot vouch for every result; the batch then runs again,
+    unmerged, each operation through `__call__`."""
+
+    def __call__(self, conn: Connection) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
+        return [op(conn) for op in ops]
+
+
+class RowInsert(Batchable):
+    """A write operation inserting one row; its result is the new primary key."""
 
     def __init__(self, table: Table, values: dict[str, Any]):
         self.table = table
@@ -34,6 +57,16 @@ class RowInsert:
 
     def __call__(self, conn: Connection) -> int:
         return int(conn.execute(insert(self.table), self.values).inserted_primary_key[0])
+
+    @classmethod
+    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
+        if len(ops) == 1 or not conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+            return [op(conn) for op in ops]
+        table = ops[0].table
+        pk = list(table.primary_key.columns)[0]
+        rows = conn.execute(insert(table).returning(pk, sort_by_parameter_order=True),
+                            [op.values for op in ops])
+        return [int(jobid) for (jobid,) in rows]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -97,7 +130,10 @@ class Writer:
     def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], "Future[Any]"]]) -> None:
         for attempt in range(5):
             try:
-                results = self._transaction([fn for fn, _ in batch])
+                try:
+                    results = self._transaction([fn for fn, _ in batch], merge=True)
+                except MergeMismatch:
+                    results = self._transaction([fn for fn, _ in batch], merge=False)
             except Exception as exc:  # noqa: BLE001 - the writer must never die
                 if is_transient(exc) and attempt < 4:
                     time.sleep(0.05 * 2 ** attempt)
@@ -118,20 +154,20 @@ class Writer:
                 fut.set_result(res)
             return
 
-    def _transaction(self, ops: list[Callable[[Connection], Any]]) -> list[Any]:
+    def _transaction(self, ops: list[Callable[[Connection], Any]], merge: bool) -> list[Any]:
         results: list[Any] = [None] * len(ops)
+        groups: dict[type, list[int]] = {}
+        if merge:
+            for i, op in enumerate(ops):
+                if isinstance(op, Batchable):
+                    groups.setdefault(type(op), []).append(i)
         with self.engine.begin() as conn:
-            bulk = [i for i, op in enumerate(ops) if isinstance(op, RowInsert)]
-            if len(bulk) > 1 and conn.dialect.insert_executemany_returning_sort_by_parameter_order:
-                table = ops[bulk[0]].table  # type: ignore[attr-defined]
-                pk = list(table.primary_key.columns)[0]
-                rows = conn.execute(insert(table).returning(pk, sort_by_parameter_order=True),
-                                    [ops[i].values for i in bulk])  # type: ignore[attr-defined]
-                for i, (jobid,) in zip(bulk, rows):
-                    results[i] = int(jobid)
-                merged = set(bulk)
-            else:
-                merged = set()
+            merged: set[int] = set()
+            for kind, idx in groups.items():
+                if len(idx) > 1:
+                    for i, res in zip(idx, kind.run_many(conn, [ops[i] for i in idx])):
+                        results[i] = res
+                    merged.update(idx)
             for i, op in enumerate(ops):
                 if i not in merged:
                     results[i] = op(conn)

@@ -126,7 +126,8 @@ def start(d: Daemon) -> None:
     d.db.start()
     d.keeper = NodeKeeper(d.db, node, d.config.server.node_timeout, d.log,
                           on_requeue=lambda: d.manager.wake_all(),
-                          on_cancel=lambda ids: d.manager.flag_cancelled(ids))
+                          on_cancel=lambda ids: d.manager.flag_cancelled(ids),
+                          on_peers=lambda n: d.manager.set_peers(n))
     d.keeper.register()
     recovered = d.db.requeue_orphans(node)
     if recovered:

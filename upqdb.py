@@ -20,9 +20,9 @@ from sqlalchemy import bindparam, create_engine, delete, event, func, insert, se
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from groupcommit import DatabaseUnavailable, RowInsert, Writer, describe
-from upqschema import (SCHEMA_VERSION, JobRow, Outcome, RetryPolicy, cap_msg, encode_result, iso,
-                       jobs, meta, metadata, nodes, row_from, utcnow)
+from groupcommit import Batchable, DatabaseUnavailable, MergeMismatch, RowInsert, Writer, describe
+from upqschema import (SCHEMA_VERSION, STATES_QUEUED, JobRow, Outcome, RetryPolicy, cap_msg, encode_result,
+                       iso, jobs, meta, metadata, nodes, row_from, shown_state, utcnow)
 
 T = TypeVar("T")
 
@@ -42,18 +42,105 @@ _PICK = (select(jobs.c.jobid)
          .order_by(jobs.c.jobid).limit(bindparam("b_limit")))
 
 
-def _claim_update(*where: Any) -> Any:
+def _claim_update(*where: Any, lease: bool) -> Any:
+    if lease:       # reserved for this node (b_node); attempts and started change when one starts
+        return update(jobs).where(*where).values(state="leased", node=bindparam("b_node"), cancel_requested=0)
     return update(jobs).where(*where).values(
         state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None,
         node=bindparam("b_node"), cancel_requested=0)
 
 
-_CLAIM_SQLITE = _claim_update(jobs.c.jobid.in_(_PICK)).returning(jobs)
+_CLAIM_SQLITE = {lease: _claim_update(jobs.c.jobid.in_(_PICK), lease=lease).returning(jobs)
+                 for lease in (False, True)}
+# A leased job's start, fenced on its lease (b_jobid, b_node; b_now).
+_START = (update(jobs)
+          .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "leased", jobs.c.node == bindparam("b_node"))
+          .values(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None))
+_CANCELLED_BEFORE_RUN = "cancelled before it ran"
 _PICK_ROWS_MYSQL = (select(jobs)
                     .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new",
                            jobs.c.run_after.is_(None) | (jobs.c.run_after <= bindparam("b_now")))
                     .order_by(jobs.c.jobid).limit(bindparam("b_limit"))
                     .with_for_update(skip_locked=True))
+
+
+def _is_final(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> bool:
+    """The run's outcome ends the job (no retry due): one fenced UPDATE records it."""
+    return outcome.state == "done" or (outcome.state == "failed" and policy.next_delay(row.retries_used) is None)
+
+
+def _finish_args(row: JobRow, node: str, state: str, msg: str, result: str | None,
+                 now: dt.datetime) -> dict[str, Any]:
+    return dict(b_jobid=row.jobid, b_attempts=row.attempts, b_node=node,
+                state=state, msg=msg, result=result, finished=now)
+
+
+def _ended_row(row: JobRow, state: str, msg: str, result: str | None, now: dt.datetime) -> JobRow:
+    """The row as _FINISH left it (built directly: dataclasses.replace is slow on the hot path)."""
+    return JobRow(row.jobid, row.jobname, state, row.params, msg,
+                  None if result is None else json.loads(result), row.attempts, row.retries_used,
+                  row.created, row.started, now, row.run_after, row.node, row.parent)
+
+
+class FinishRun(Batchable):
+    """Record how one run ended (Database._record); the final outcomes of a batch are one
+    fenced executemany, and if any of them is fenced out the batch runs again unmerged."""
+
+    def __init__(self, db: "Database", row: JobRow, outcome: Outcome, node: str, policy: RetryPolicy):
+        self.db, self.row, self.outcome, self.node, self.policy = db, row, outcome, node, policy
+
+    def __call__(self, conn: Connection) -> JobRow | None:
+        return self.db._record(conn, self.row, self.outcome, self.node, self.policy)
+
+    @classmethod
+    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
+        now = utcnow()
+        results: list[Any] = [None] * len(ops)
+        args, fast = [], []
+        for i, op in enumerate(ops):
+            if _is_final(op.outcome, op.row, op.policy):
+                msg, result = cap_msg(op.outcome.msg), encode_result(op.outcome.result)
+                args.append(_finish_args(op.row, op.node, op.outcome.state, msg, result, now))
+                fast.append(i)
+            else:
+                results[i] = op(conn)
+        if args:
+            if conn.execute(_FINISH, args).rowcount != len(args):
+                raise MergeMismatch("a finished run was fenced out")
+            for i, a in zip(fast, args):
+                results[i] = _ended_row(ops[i].row, a["state"], a["msg"], a["result"], now)
+        return results
+
+
+class StartRun(Batchable):
+    """A leased job starts (leased -> running, attempts + 1); True if its lease still held.
+    The worker does not wait for this commit (waiting per job would double the transactions);
+    the run's outcome is fenced on the start, and leases released after a crash count an
+    attempt (see _release_leases)."""
+
+    def __init__(self, row: JobRow, node: str, now: dt.datetime):
+        self.args = dict(b_jobid=row.jobid, b_node=node, b_now=now)
+
+    def __call__(self, conn: Connection) -> bool:
+        return conn.execute(_START, self.args).rowcount == 1
+
+    @classmethod
+    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
+        if conn.execute(_START, [op.args for op in ops]).rowcount != len(ops):
+            raise MergeMismatch("a lease was lost")
+        return [True] * len(ops)
+
+
+def _release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
+    """Leased rows matching `where` are queued again, or cancelled if a cancel was asked
+    meanwhile. `crashed`: their daemon died, and a worker may have begun one whose start
+    was not committed yet, so `attempts` counts one up (it never undercounts runs started)."""
+    conn.execute(update(jobs).where(jobs.c.state == "leased", jobs.c.cancel_requested == 1, *where)
+                 .values(state="cancelled", finished=utcnow(), msg=_CANCELLED_BEFORE_RUN))
+    values: dict[str, Any] = dict(state="new", node=None)
+    if crashed:
+        values["attempts"] = jobs.c.attempts + 1
+    return conn.execute(update(jobs).where(jobs.c.state == "leased", *where).values(**values)).rowcount
 
 
 class Database:
@@ -172,14 +259,14 @@ class Database:
             rows = conn.execute(select(jobs.c.jobid, jobs.c.jobname, jobs.c.state)
                                 .where(jobs.c.parent == jobid).order_by(jobs.c.jobid).limit(1000))
             return [{"jobid": int(r.jobid), "jobname": r.jobname,
-                     "state": "new" if r.state == "held" else r.state} for r in rows]
+                     "state": shown_state(r.state)} for r in rows]
         return self._read(q)
 
     def list_jobs(self, state: str | None, limit: int) -> list[JobRow]:
         def q(conn: Connection) -> list[JobRow]:
             stmt = select(jobs).order_by(jobs.c.jobid.desc()).limit(limit)
             if state == "new":
-                stmt = stmt.where(jobs.c.state.in_(("new", "held")))
+                stmt = stmt.where(jobs.c.state.in_(STATES_QUEUED))
             elif state:
                 stmt = stmt.where(jobs.c.state == state)
             return [row_from(r) for r in conn.execute(stmt)]
@@ -191,7 +278,7 @@ class Database:
             out: dict[str, dict[str, int]] = {}
             stmt = select(jobs.c.jobname, jobs.c.state, func.count()).group_by(jobs.c.jobname, jobs.c.state)
             for name, state, n in conn.execute(stmt):
-                state = "new" if state == "held" else state
+                state = shown_state(state)
                 per = out.setdefault(name, {})
                 per[state] = per.get(state, 0) + n
             return out
@@ -237,10 +324,20 @@ class Database:
         self.write(lambda conn: conn.execute(
             delete(jobs).where(jobs.c.jobid == jobid, jobs.c.state == "held")))
 
-    def claim(self, jobname: str, limit: int, node: str, exclude: Iterable[int] = ()) -> list[JobRow]:
-        """Atomically move up to `limit` due jobs new -> running for this node."""
+    def claim(self, jobname: str, limit: int, node: str, exclude: Iterable[int] = (),
+              lease: bool = False) -> list[JobRow]:
+        """Atomically move up to `limit` due jobs new -> running for this node, or with `lease`
+        new -> leased: reserved for this node and started one by one (`start_async`), so one
+        claim serves many runs of fast jobs without counting them running before they run."""
         skip = tuple(exclude)
-        return self.write(lambda conn: self._claim(conn, jobname, limit, node, skip))
+        return self.write(lambda conn: self._claim(conn, jobname, limit, node, skip, lease))
+
+    def start_async(self, row: JobRow, node: str) -> "tuple[Future[bool], JobRow]":
+        """Start a leased job without waiting for the commit; the future and the row as started."""
+        now = utcnow()
+        started = JobRow(row.jobid, row.jobname, "running", row.params, row.msg, row.result, row.attempts + 1,
+                         row.retries_used, row.created, now, None, row.run_after, node, row.parent)
+        return self.writer.submit(StartRun(row, node, now)), started
 
     def record_outcome_async(self, row: JobRow, outcome: Outcome, node: str,
                              policy: RetryPolicy) -> "Future[JobRow | None]":
@@ -248,24 +345,33 @@ class Database:
         attempt and node so a stale run cannot overwrite a newer one. The worker does not wait:
         the commit is shared with the next ones. The future holds the stored row, or None
         if the run was fenced out."""
-        return self.writer.submit(lambda conn: self._record(conn, row, outcome, node, policy))
+        return self.writer.submit(FinishRun(self, row, outcome, node, policy))
 
     def unclaim(self, rows: Iterable[JobRow], node: str) -> None:
-        """Claimed jobs that never started go back to new (at shutdown), attempts as before."""
-        for row in rows:
-            self.write(lambda conn, r=row: conn.execute(
-                update(jobs).where(jobs.c.jobid == r.jobid, jobs.c.state == "running",
-                                   jobs.c.attempts == r.attempts, jobs.c.node == node)
-                .values(state="new", attempts=r.attempts - 1, started=None)))
+        """Claimed or leased jobs that never started go back to new, attempts as before."""
+        rows = list(rows)
+        leased = [r.jobid for r in rows if r.state == "leased"]
+
+        def op(conn: Connection) -> None:
+            if leased:
+                _release_leases(conn, jobs.c.jobid.in_(leased), jobs.c.node == node)
+            for r in rows:
+                if r.state == "running":
+                    conn.execute(update(jobs).where(jobs.c.jobid == r.jobid, jobs.c.state == "running",
+                                                    jobs.c.attempts == r.attempts, jobs.c.node == node)
+                                 .values(state="new", attempts=r.attempts - 1, started=None))
+        if rows:
+            self.write(op)
 
     def _claim(self, conn: Connection, jobname: str, limit: int, node: str,
-               skip: tuple[int, ...]) -> list[JobRow]:
+               skip: tuple[int, ...], lease: bool) -> list[JobRow]:
         now = self.db_now(conn, exact=False)
         pick = _PICK if not skip else _PICK.where(jobs.c.jobid.not_in(skip))
         args = dict(b_name=jobname, b_now=now, b_limit=limit, b_node=node)
         if self.is_sqlite:
             # one statement; the writer's BEGIN IMMEDIATE makes it atomic across processes too
-            stmt = _CLAIM_SQLITE if not skip else _claim_update(jobs.c.jobid.in_(pick)).returning(jobs)
+            stmt = (_CLAIM_SQLITE[lease] if not skip else
+                    _claim_update(jobs.c.jobid.in_(pick), lease=lease).returning(jobs))
             return sorted((row_from(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
         # MySQL: lock the rows (skipping ones other daemons hold), then move them, by key: two
         # round trips; the rows returned are what the update wrote
@@ -273,25 +379,29 @@ class Database:
         locked = [row_from(r) for r in conn.execute(pick_rows, args)]
         if not locked:
             return []
-        conn.execute(_claim_update(jobs.c.jobid.in_([r.jobid for r in locked])), args)
+        conn.execute(_claim_update(jobs.c.jobid.in_([r.jobid for r in locked]), lease=lease), args)
+        if lease:
+            return [dataclasses.replace(r, state="leased", node=node) for r in locked]
         return [dataclasses.replace(r, state="running", attempts=r.attempts + 1, started=now,
                                     finished=None, node=node) for r in locked]
 
     def _record(self, conn: Connection, row: JobRow, outcome: Outcome, node: str,
                 policy: RetryPolicy) -> JobRow | None:
-        final = outcome.state == "done" or (outcome.state == "failed" and policy.next_delay(row.retries_used) is None)
         msg, result = cap_msg(outcome.msg), encode_result(outcome.result)
-        if final:
+        if _is_final(outcome, row, policy):
             # the common case: one fenced statement, no read back
             now = utcnow()
-            res = conn.execute(_FINISH, dict(b_jobid=row.jobid, b_attempts=row.attempts, b_node=node,
-                                             state=outcome.state, msg=msg, result=result, finished=now))
+            res = conn.execute(_FINISH, _finish_args(row, node, outcome.state, msg, result, now))
             if res.rowcount == 1:
-                return dataclasses.replace(row, state=outcome.state, msg=msg, finished=now,
-                                           result=None if result is None else json.loads(result))
+                return _ended_row(row, outcome.state, msg, result, now)
         fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
                  jobs.c.attempts == row.attempts, jobs.c.node == node)
         cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
+        if cur is None and row.attempts > 0 and conn.execute(
+                _START.where(jobs.c.attempts == row.attempts - 1),
+                dict(b_jobid=row.jobid, b_node=node, b_now=row.started)).rowcount:
+            # a leased job whose start was not recorded (the database was away then): now it is
+            cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
         if cur is None:
             return None
         now = self.db_now(conn)
@@ -307,28 +417,37 @@ class Database:
         conn.execute(update(jobs).where(*fence).values(**values))
         return row_from(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
 
-    def cancel(self, jobid: int) -> tuple[str, JobRow] | None:
-        """A queued job is cancelled at once, a running one flagged; returns (state before, row)."""
-        queued = dict(state="cancelled", finished=utcnow(), msg="cancelled before it ran")
-        return self._change_by_state(jobid, {"new": queued, "held": queued,
-                                             "running": dict(cancel_requested=1)})
+    def cancel(self, jobid: int, node: str, withdrawn: bool) -> tuple[str, JobRow] | None:
+        """A queued job is cancelled at once, a running one flagged; returns (state before, row).
+        A leased job is cancelled at once only if `withdrawn` from this node's (`node`) queue;
+        otherwise a worker may be starting it: it is flagged, and its holder cancels it
+        (releasing or running it flagged)."""
+        queued = dict(state="cancelled", finished=utcnow(), msg=_CANCELLED_BEFORE_RUN)
+        flag = dict(cancel_requested=1)
+
+        def change(state: str, holder: str | None) -> dict[str, Any] | None:
+            if state == "leased":
+                return queued if withdrawn and holder == node else flag
+            return {"new": queued, "held": queued, "running": flag}.get(state)
+        return self._change_by_state(jobid, change)
 
     def retry(self, jobid: int) -> tuple[str, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
         again = dict(state="new", run_after=None, finished=None, retries_used=0, cancel_requested=0)
-        return self._change_by_state(jobid, {"failed": again, "cancelled": again})
+        return self._change_by_state(jobid, lambda state, _node: again if state in ("failed", "cancelled") else None)
 
-    def _change_by_state(self, jobid: int,
-                         changes: dict[str, dict[str, Any]]) -> tuple[str, JobRow] | None:
-        """Apply the change meant for the job's current state, if any; (state before, row after)."""
+    def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]
+                         ) -> tuple[str, JobRow] | None:
+        """Apply change(state, node) to the job, if it gives values; (state before, row after)."""
         def op(conn: Connection) -> tuple[str, JobRow] | None:
-            before = conn.execute(select(jobs.c.state).where(jobs.c.jobid == jobid)).scalar()
-            if before is None:
+            cur = conn.execute(select(jobs.c.state, jobs.c.node).where(jobs.c.jobid == jobid)).first()
+            if cur is None:
                 return None
-            if before in changes:
-                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == before)
-                             .values(**changes[before]))
-            return before, row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
+            values = change(cur.state, cur.node)
+            if values:
+                conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == cur.state)
+                             .values(**values))
+            return cur.state, row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
 
     # -- nodes (several daemons on one database) ---------------------------
@@ -422,13 +541,16 @@ class Database:
             return dict(old._mapping)
         return self.write(op)
 
-    def heartbeat(self, node: str, state: str = "alive") -> str | None:
-        """Refresh this node's heartbeat; returns the state it had (e.g. 'dead' after a long pause)."""
-        def op(conn: Connection) -> str | None:
+    def heartbeat(self, node: str, state: str = "alive") -> tuple[str | None, int]:
+        """Refresh this node's heartbeat; returns the state it had (e.g. 'dead' after a long
+        pause) and how many other daemons are alive."""
+        def op(conn: Connection) -> tuple[str | None, int]:
             before = conn.execute(select(nodes.c.state).where(nodes.c.node == node)).scalar()
             conn.execute(update(nodes).where(nodes.c.node == node)
                          .values(heartbeat=self.db_now(conn), state=state))
-            return before
+            peers = conn.execute(select(func.count()).select_from(nodes)
+                                 .where(nodes.c.state == "alive", nodes.c.node != node)).scalar_one()
+            return before, int(peers)
         return self.write(op)
 
     def reap_dead_nodes(self, me: str, timeout: float) -> list[tuple[str, int]]:
@@ -446,6 +568,7 @@ class Database:
                 if won.rowcount != 1:
                     continue
                 conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == name))
+                _release_leases(conn, jobs.c.node == name, crashed=True)
                 moved = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == name)
                                      .values(state="new", node=None))
                 out.append((name, moved.rowcount))
@@ -453,9 +576,9 @@ class Database:
         return self.write(op)
 
     def cancel_requests(self, node: str) -> list[int]:
-        """Jobs running on this node that a client (on any daemon) asked to cancel."""
+        """Jobs running on (or leased by) this node that a client, on any daemon, asked to cancel."""
         return self._read(lambda conn: [int(r[0]) for r in conn.execute(
-            select(jobs.c.jobid).where(jobs.c.state == "running", jobs.c.node == node,
+            select(jobs.c.jobid).where(jobs.c.state.in_(("running", "leased")), jobs.c.node == node,
                                        jobs.c.cancel_requested == 1))])
 
     def list_nodes(self) -> list[dict[str, Any]]:
@@ -470,9 +593,11 @@ class Database:
         return self._read(q)
 
     def requeue_orphans(self, node: str) -> int:
-        """Jobs this node left running (crash, kill -9) go back to new; held ones were never ACKed."""
+        """Jobs this node left running (crash, kill -9) go back to new, and its leases too;
+        held ones were never ACKed."""
         def op(conn: Connection) -> int:
             conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == node))
+            _release_leases(conn, jobs.c.node == node, crashed=True)
             res = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == node)
                                .values(state="new", node=None))
             return res.rowcount

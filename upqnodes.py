@@ -28,13 +28,15 @@ class NodeKeeper:
 
     def __init__(self, db: Database, node: str, timeout: float, logger: logging.Logger,
                  on_requeue: Callable[[], None] = lambda: None,
-                 on_cancel: Callable[[list[int]], None] = lambda ids: None):
+                 on_cancel: Callable[[list[int]], None] = lambda ids: None,
+                 on_peers: Callable[[int], None] = lambda n: None):
         self.db = db
         self.node = node
         self.timeout = timeout
         self.log = logger
         self.on_requeue = on_requeue
         self.on_cancel = on_cancel          # cancels sent to another daemon reach our runs
+        self.on_peers = on_peers            # how many other daemons are alive, at every beat
         self.interval = min(1.0, timeout / 4)     # beats are cheap; frequent ones tell the living apart
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -62,6 +64,7 @@ class NodeKeeper:
                           self.node, old["pid"])
 
     def start(self) -> None:
+        self.beat()             # the first count of peers now, not a beat later
         self._thread.start()
 
     def stop(self) -> None:
@@ -84,7 +87,8 @@ class NodeKeeper:
                 # keep beating: the newcomer sees this node is alive and gives the name back
                 self.log.error("node name %r: its lock connection was cut and another daemon "
                                "holds the lock now; retrying", self.node)
-            before = self.db.heartbeat(self.node)
+            before, peers = self.db.heartbeat(self.node)
+            self.on_peers(peers)
             if before == "dead":
                 self.log.warning("node %s was declared dead (paused or cut off for over %gs); its "
                                  "running jobs were re-queued and any late outcome of them is discarded",

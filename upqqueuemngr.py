@@ -163,6 +163,7 @@ class QueueManager:
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._running: dict[int, UpqJob] = {}     # jobid -> job running here (for cancel)
+        self._alone = False                       # no other daemon on the database (set_peers)
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
@@ -173,7 +174,8 @@ class QueueManager:
     def _start_type(self, jt: JobType) -> None:
         jt.queue = DBQueue(self.db, jt.name, self.node, self.log,
                            poll_interval=self.config.server.poll_interval,
-                           maxsize=jt.slots)
+                           maxsize=jt.slots, lease_validity=self.config.server.node_timeout / 2)
+        jt.queue.set_leasing(self._alone)
         with self._lock:
             for _ in range(jt.slots):
                 self._spawn_worker(jt)
@@ -217,6 +219,18 @@ class QueueManager:
         except DatabaseUnavailable as exc:
             self.log.warning("%d claimed %s job(s) stay running until the next start: %s",
                              len(left), jt.name, exc)
+
+    def set_peers(self, peers: int) -> None:
+        """The heartbeat counted the other live daemons: lease ahead only while there are none."""
+        alone = peers == 0
+        if alone == self._alone:
+            return
+        self._alone = alone
+        self.log.info("%s", "alone on the database: leasing jobs ahead" if alone else
+                      f"{peers} other daemon(s) on the database: claiming one job per idle worker")
+        for jt in list(self.types.values()):
+            if jt.queue is not None:
+                jt.queue.set_leasing(alone)
 
     def wake_all(self) -> None:
         """Jobs were re-queued behind our back (a dead node's): let every type look."""
@@ -411,8 +425,10 @@ class QueueManager:
             if not wait:
                 self._acquire_slot(jt, job)
             self._running[row.jobid] = job
+        t0 = time.perf_counter()
         try:
             outcome = self._run_bounded(jt, job, row)
+            jt.queue.ran(time.perf_counter() - t0)  # type: ignore[union-attr]
         finally:
             with self._lock:
                 self._running.pop(row.jobid, None)
@@ -499,15 +515,29 @@ class QueueManager:
         self.completions.notify(row.jobid, stored)
 
     # -- commands ----------------------------------------------------------
+    def _withdraw(self, jobid: int) -> tuple[DBQueue, JobRow] | None:
+        """Take a job leased here out of its queue, so that no worker starts it."""
+        for jt in list(self.types.values()):
+            row = None if jt.queue is None else jt.queue.withdraw(jobid)
+            if row is not None:
+                return jt.queue, row  # type: ignore[return-value]
+        return None
+
     def cancel(self, jobid: int) -> JobRow:
         """`cancel`: a queued job never runs; a running one sees job.cancelled."""
-        res = self.db.cancel(jobid)
+        withdrawn = self._withdraw(jobid)
+        try:
+            res = self.db.cancel(jobid, self.node, withdrawn is not None)
+        except DatabaseUnavailable:
+            if withdrawn is not None:
+                withdrawn[0].give_back([withdrawn[1]])
+            raise
         if res is None:
             raise UnknownJob(f"no job {jobid}")
         before, row = res
         if before in STATES_FINAL:
             raise JobRejected(f"job {jobid} has already ended ({before}); nothing to cancel")
-        if row.state == "running":
+        if row.state in ("running", "leased"):     # leased: a worker here is starting it
             with self._lock:
                 job = self._running.get(jobid)
             if job is not None:
@@ -516,7 +546,15 @@ class QueueManager:
         return row
 
     def flag_cancelled(self, jobids: list[int]) -> None:
-        """Runs here whose cancel was asked elsewhere (seen at the heartbeat) see job.cancelled."""
+        """Runs here whose cancel was asked elsewhere (seen at the heartbeat) see job.cancelled;
+        jobs leased here and not started yet are cancelled."""
+        for jobid in jobids:
+            withdrawn = self._withdraw(jobid)
+            if withdrawn is not None:
+                try:
+                    self.db.cancel(jobid, self.node, True)
+                except DatabaseUnavailable:
+                    withdrawn[0].give_back([withdrawn[1]])   # cancelled there when released
         with self._lock:
             for jobid in jobids:
                 job = self._running.get(jobid)

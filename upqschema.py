@@ -16,8 +16,15 @@ SCHEMA_VERSION = 1
 MAX_MSG_CHARS = 4000            # msg is a short text; longer ones are cut (documented)
 MAX_RESULT_CHARS = 1_000_000    # a result's JSON beyond this is replaced by an error note
 STATES_FINAL = ("done", "failed", "cancelled")
-# "held": stored by enqueue_job() inside check(), not yet accepted; shown as "new".
-STATES = ("held", "new", "running") + STATES_FINAL
+# Internal states, both shown as "new": "held", stored by enqueue_job() inside check() and
+# not yet accepted; "leased", reserved by the daemon in `node` to start soon (see upqdb.claim).
+STATES_QUEUED = ("new", "held", "leased")
+STATES = ("held", "leased", "new", "running") + STATES_FINAL
+
+
+def shown_state(state: str) -> str:
+    """The state as clients see it: the internal queued states are all "new"."""
+    return "new" if state in STATES_QUEUED else state
 
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
 _Time = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -92,7 +99,7 @@ class JobRow:
         """The job as clients see it (SPEC: the job JSON)."""
         return {
             "jobid": self.jobid, "jobname": self.jobname,
-            "state": "new" if self.state == "held" else self.state,
+            "state": shown_state(self.state),
             "params": self.params, "msg": self.msg, "result": self.result,
             "attempts": self.attempts, "created": iso(self.created),
             "started": iso(self.started), "finished": iso(self.finished),

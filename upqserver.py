@@ -25,7 +25,7 @@ from typing import Any, Callable
 from module_loader import JOB_NAME_RE, RESERVED_NAMES
 from parseconfig import ConfigError
 from upqdb import DatabaseUnavailable
-from upqschema import STATES, JobRow
+from upqschema import STATES, JobRow, shown_state
 from upqqueuemngr import Accepted, JobRejected, QueueManager, UnknownJob
 
 MAX_LINE = 64 * 1024
@@ -36,7 +36,7 @@ LIST_DEFAULT, LIST_MAX = 100, 1000
 MAX_DELAY = 366 * 86400
 KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 TOO_LONG = object()            # marks a line that exceeded MAX_LINE
-JOB_STATES = tuple(s for s in STATES if s != "held")
+JOB_STATES = tuple(s for s in STATES if s == shown_state(s))
 
 
 class BadRequest(Exception):

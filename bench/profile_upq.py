@@ -85,7 +85,7 @@ def main() -> int:
         n = min(args.n, 500) if role == "latency" else args.n
         cl = run.Clients(inst.spec(), role, run.split(n, k)) if args.workload != "drain" else None
         spy = subprocess.Popen([args.py_spy, "record", "--pid", str(inst.daemon.pid), "--format", "raw",
-                                "--threads", "--rate", str(args.rate), "--output", str(out),
+                                "--threads", "--gil", "--rate", str(args.rate), "--output", str(out),
                                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
         t0 = time.time()
