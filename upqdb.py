@@ -396,12 +396,14 @@ class Database:
                 return _ended_row(row, outcome.state, msg, result, now)
         fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
                  jobs.c.attempts == row.attempts, jobs.c.node == node)
-        cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
+        # locked while we look (MySQL), so a cancel from another daemon cannot slip in between
+        look = select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence).with_for_update()
+        cur = conn.execute(look).first()
         if cur is None and row.attempts > 0 and conn.execute(
                 _START.where(jobs.c.attempts == row.attempts - 1),
                 dict(b_jobid=row.jobid, b_node=node, b_now=row.started)).rowcount:
             # a leased job whose start was not recorded (the database was away then): now it is
-            cur = conn.execute(select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence)).first()
+            cur = conn.execute(look).first()
         if cur is None:
             return None
         now = self.db_now(conn)
@@ -438,9 +440,12 @@ class Database:
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]
                          ) -> tuple[str, JobRow] | None:
-        """Apply change(state, node) to the job, if it gives values; (state before, row after)."""
+        """Apply change(state, node) to the job, if it gives values; (state before, row after).
+        The row is locked while we look (MySQL; SQLite's writer holds the whole database), so a
+        run another daemon is starting or finishing cannot slip between the look and the change."""
         def op(conn: Connection) -> tuple[str, JobRow] | None:
-            cur = conn.execute(select(jobs.c.state, jobs.c.node).where(jobs.c.jobid == jobid)).first()
+            cur = conn.execute(select(jobs.c.state, jobs.c.node).where(jobs.c.jobid == jobid)
+                               .with_for_update()).first()
             if cur is None:
                 return None
             values = change(cur.state, cur.node)
