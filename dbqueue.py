@@ -212,8 +212,15 @@ class DBQueue(queue.Queue):
                     rows, failed = self._claim_unlocked(want, lease)
                 finally:
                     self._reserved -= want
-                if lease and not self.leasing:
-                    self.give_back(rows)    # leasing ended while we claimed (rare)
+                if lease and not self.leasing and rows:
+                    # leasing ended while we claimed (rare): give them back, without the mutex,
+                    # which the writer's callbacks take (holding it while waiting on the writer
+                    # would deadlock)
+                    self.mutex.release()
+                    try:
+                        self.give_back(rows)
+                    finally:
+                        self.mutex.acquire()
                     rows = []
                 lease_end = time.monotonic() + self.lease_validity
                 for row in rows:
