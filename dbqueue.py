@@ -27,9 +27,9 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from typing import Callable
 
+from groupcommit import Pending
 from upqdb import Database, DatabaseUnavailable
 from upqschema import JobRow, Outcome, RetryPolicy, utcnow
 
@@ -66,7 +66,7 @@ class DBQueue(queue.Queue):
 
     # -- producer side -----------------------------------------------------
     def put_async(self, params: dict[str, str], parent: int | None = None,
-                  delay: float | None = None) -> "Future[int]":
+                  delay: float | None = None) -> "Pending[int]":
         """Store a job; the future resolves to its id after commit, then a worker is woken."""
         if delay:
             fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay)
@@ -90,7 +90,7 @@ class DBQueue(queue.Queue):
         fut.add_done_callback(lambda f: self._hand_over(f, params, parent, now))
         return fut
 
-    def _hand_over(self, fut: "Future[int]", params: dict[str, str], parent: int | None,
+    def _hand_over(self, fut: "Pending[int]", params: dict[str, str], parent: int | None,
                    now: dt.datetime) -> None:
         """A job stored already claimed goes straight to the idle worker it was meant for."""
         with self.mutex:
@@ -144,7 +144,7 @@ class DBQueue(queue.Queue):
             fut.add_done_callback(self._started)
             return started
 
-    def _started(self, fut: "Future[bool]") -> None:
+    def _started(self, fut: "Pending[bool]") -> None:
         if fut.exception() is None and not fut.result():
             self.log.warning("a leased %s job was taken over before its start was recorded (this "
                              "daemon was paused?); its run's outcome will be discarded", self.jobname)
@@ -261,7 +261,7 @@ class DBQueue(queue.Queue):
         Retried through a database outage until the daemon stops."""
         fut = self.db.record_outcome_async(row, outcome, self.node, policy)
 
-        def committed(f: "Future[JobRow | None]") -> None:
+        def committed(f: "Pending[JobRow | None]") -> None:
             exc = f.exception()
             if exc is None:
                 stored = f.result()

@@ -13,8 +13,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Connection, Engine
@@ -22,6 +21,92 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 WRITE_BATCH = 1000              # most operations in one transaction
 T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """The result of a queued write, a lean stand-in for concurrent.futures.Future: every job
+    makes three (store, start, outcome), and a Future's Condition and RLock cost more than the
+    row's SQL. Waiters block on a latch released once; callbacks run in the writer thread."""
+
+    __slots__ = ("_latch", "_lock", "_done", "_value", "_exc", "_callbacks", "_log")
+
+    def __init__(self, logger: logging.Logger | None = None):
+        self._latch = threading.Lock()
+        self._latch.acquire()               # released when the result is in
+        self._lock = threading.Lock()       # guards _done against add_done_callback
+        self._done = False
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[["Pending[T]"], None]] = []
+        self._log = logger
+
+    def set_result(self, value: T) -> None:
+        self._value = value
+        self._finish()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, []
+        self._latch.release()
+        for fn in callbacks:
+            self._call(fn)
+
+    def _call(self, fn: Callable[["Pending[T]"], None]) -> None:
+        try:
+            fn(self)
+        except Exception:  # noqa: BLE001 - one bad callback must not stop the writer
+            (self._log or logging.getLogger("upq")).exception("a write's callback failed")
+
+    def add_done_callback(self, fn: Callable[["Pending[T]"], None]) -> None:
+        with self._lock:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        self._call(fn)
+
+    def done(self) -> bool:
+        return self._done
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self._done:
+            if not self._latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                raise TimeoutError("the write was not committed in time")
+            self._latch.release()           # let the next waiter through
+
+    def result(self, timeout: float | None = None) -> T:
+        """The value once committed; the write's exception, or TimeoutError, if not."""
+        self._wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._exc
+
+    @classmethod
+    def resolved(cls, value: T) -> "Pending[T]":
+        done: Pending[T] = cls()
+        done.set_result(value)
+        return done
+
+
+class Mapped(Generic[T]):
+    """fn applied to a Pending's value when it is read (no lock, no callback of its own)."""
+
+    __slots__ = ("_inner", "_fn")
+
+    def __init__(self, inner: Pending[Any], fn: Callable[[Any], T]):
+        self._inner = inner
+        self._fn = fn
+
+    def result(self, timeout: float | None = None) -> T:
+        return self._fn(self._inner.result(timeout))
 
 
 class DatabaseUnavailable(Exception):
@@ -35,10 +120,13 @@ class MergeMismatch(Exception):
 class Batchable:
     """A write operation that runs with the others of its kind in the batch as one statement.
 
-    The merged groups run first, before the batch's other operations: only kinds whose
-    order against concurrent work does not matter may be Batchable. `run_many` raises
+    The merged groups run first, before the batch's other operations, in the order of their
+    kinds' `order` (a job's start before its outcome): only kinds whose order against
+    concurrent work does not matter may be Batchable. `run_many` raises
     MergeMismatch when it cannot vouch for every result; the batch then runs again,
     unmerged, each operation through `__call__`."""
+
+    order = 0
 
     def __call__(self, conn: Connection) -> Any:
         raise NotImplementedError
@@ -94,7 +182,7 @@ class Writer:
     def __init__(self, engine: Engine, logger: logging.Logger):
         self.engine = engine
         self.log = logger
-        self.queue: "queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None]" = queue.SimpleQueue()
+        self.queue: "queue.SimpleQueue[tuple[Callable[[Connection], Any], Pending[Any]] | None]" = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
 
     def start(self) -> None:
@@ -105,8 +193,8 @@ class Writer:
             self.queue.put(None)
             self.thread.join(timeout=10)
 
-    def submit(self, fn: Callable[[Connection], T]) -> "Future[T]":
-        fut: Future[T] = Future()
+    def submit(self, fn: Callable[[Connection], T]) -> Pending[T]:
+        fut: Pending[T] = Pending(self.log)
         self.queue.put((fn, fut))
         return fut
 
@@ -127,7 +215,7 @@ class Writer:
                 batch.append(nxt)
             self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], "Future[Any]"]]) -> None:
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Pending[Any]]]) -> None:
         for attempt in range(5):
             try:
                 try:
@@ -163,7 +251,7 @@ class Writer:
                     groups.setdefault(type(op), []).append(i)
         with self.engine.begin() as conn:
             merged: set[int] = set()
-            for kind, idx in groups.items():
+            for kind, idx in sorted(groups.items(), key=lambda group: group[0].order):
                 if len(idx) > 1:
                     for i, res in zip(idx, kind.run_many(conn, [ops[i] for i in idx])):
                         results[i] = res

@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import Future
 from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from groupcommit import Batchable, DatabaseUnavailable, MergeMismatch, RowInsert, Writer, describe
+from groupcommit import Batchable, DatabaseUnavailable, MergeMismatch, Pending, RowInsert, Writer, describe
 from upqschema import (SCHEMA_VERSION, STATES_QUEUED, JobRow, Outcome, RetryPolicy, cap_msg, encode_result,
                        iso, jobs, meta, metadata, nodes, row_from, shown_state, utcnow)
 
@@ -86,6 +85,8 @@ class FinishRun(Batchable):
     """Record how one run ended (Database._record); the final outcomes of a batch are one
     fenced executemany, and if any of them is fenced out the batch runs again unmerged."""
 
+    order = 2           # after StartRun: a fast job's start and outcome often share a batch
+
     def __init__(self, db: "Database", row: JobRow, outcome: Outcome, node: str, policy: RetryPolicy):
         self.db, self.row, self.outcome, self.node, self.policy = db, row, outcome, node, policy
 
@@ -117,6 +118,8 @@ class StartRun(Batchable):
     The worker does not wait for this commit (waiting per job would double the transactions);
     the run's outcome is fenced on the start, and leases released after a crash count an
     attempt (see _release_leases)."""
+
+    order = 1
 
     def __init__(self, row: JobRow, node: str, now: dt.datetime):
         self.args = dict(b_jobid=row.jobid, b_node=node, b_now=now)
@@ -291,7 +294,7 @@ class Database:
 
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: str = "new",
                          node: str | None = None, parent: int | None = None,
-                         delay: float | None = None, now: dt.datetime | None = None) -> "Future[int]":
+                         delay: float | None = None, now: dt.datetime | None = None) -> "Pending[int]":
         """Store a job (due `delay` seconds from now); the future holds its id once committed."""
         now = now or utcnow()
         running = state == "running"
@@ -332,7 +335,7 @@ class Database:
         skip = tuple(exclude)
         return self.write(lambda conn: self._claim(conn, jobname, limit, node, skip, lease))
 
-    def start_async(self, row: JobRow, node: str) -> "tuple[Future[bool], JobRow]":
+    def start_async(self, row: JobRow, node: str) -> "tuple[Pending[bool], JobRow]":
         """Start a leased job without waiting for the commit; the future and the row as started."""
         now = utcnow()
         started = JobRow(row.jobid, row.jobname, "running", row.params, row.msg, row.result, row.attempts + 1,
@@ -340,7 +343,7 @@ class Database:
         return self.writer.submit(StartRun(row, node, now)), started
 
     def record_outcome_async(self, row: JobRow, outcome: Outcome, node: str,
-                             policy: RetryPolicy) -> "Future[JobRow | None]":
+                             policy: RetryPolicy) -> "Pending[JobRow | None]":
         """Write how a run ended (re-queueing it when a retry is due), fenced on jobid, state,
         attempt and node so a stale run cannot overwrite a newer one. The worker does not wait:
         the commit is shared with the next ones. The future holds the stored row, or None

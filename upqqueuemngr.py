@@ -11,11 +11,11 @@ import contextlib
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Union
 
 from dbqueue import DBQueue, QueueStopped
+from groupcommit import Mapped, Pending
 from parseconfig import Config, JobConfig
 from upqdb import Database, DatabaseUnavailable
 from upqschema import STATES_FINAL, JobRow, Outcome, RetryPolicy
@@ -38,6 +38,9 @@ class Accepted:
     ok: bool = True
 
 
+Submitted = Union["Pending[Accepted]", "Mapped[Accepted]"]   # .result(timeout) -> Accepted, after commit
+
+
 @dataclass
 class JobType:
     """What the manager keeps per enabled job type; counters change under the manager's lock."""
@@ -49,6 +52,7 @@ class JobType:
     abandoned: int = 0                            # timed-out runs whose thread is still alive
     active: int = 0                               # worker runs holding a slot (not waiting on a child)
     threads: list[threading.Thread] = field(default_factory=list)
+    logger: logging.Logger | None = None          # the jobs' logger, upq.job.<name>
 
     @property
     def name(self) -> str:
@@ -172,6 +176,7 @@ class QueueManager:
             self._start_type(jt)
 
     def _start_type(self, jt: JobType) -> None:
+        jt.logger = self.log.getChild(f"job.{jt.name}")     # once: getChild takes logging's lock
         jt.queue = DBQueue(self.db, jt.name, self.node, self.log,
                            poll_interval=self.config.server.poll_interval,
                            maxsize=jt.slots, lease_validity=self.config.server.node_timeout / 2)
@@ -262,7 +267,7 @@ class QueueManager:
             raise UnknownJob(f"unknown job type {name!r} (see 'help' for the enabled ones)")
         return jt
 
-    def submit(self, name: str, params: dict[str, str], delay: float | None = None) -> "Future[Accepted]":
+    def submit(self, name: str, params: dict[str, str], delay: float | None = None) -> "Submitted":
         """Check and store a job; the future resolves after commit (and after the run, inline)."""
         jt = self.job_type(name)
         job = self._instantiate(jt, params)
@@ -300,16 +305,16 @@ class QueueManager:
                                           f"check() returned {type(accepted).__name__}, not True or False"))
 
     def _store(self, jt: JobType, job: UpqJob, *, parent: int | None = None,
-               delay: float | None = None) -> "Future[Accepted]":
+               delay: float | None = None) -> "Submitted":
         assert jt.queue is not None
         if jt.inline and not delay:
-            return _resolved(self._run_inline(jt, job, parent))
+            return Pending.resolved(self._run_inline(jt, job, parent))
         if job.jobid is not None:           # 2011 style: check() called enqueue_job()
             self.db.accept_held(job.jobid, job.jobdata, "new", self.node, delay)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
-            return _resolved(Accepted(job.jobid, job.msg))
+            return Pending.resolved(Accepted(job.jobid, job.msg))
         msg = job.msg
-        return _chain(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay),
+        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay),
                       lambda jobid: Accepted(jobid, msg))
 
     def _drop_held(self, job: UpqJob) -> None:
@@ -320,7 +325,7 @@ class QueueManager:
     def _instantiate(self, jt: JobType, params: dict[str, str], row: JobRow | None = None) -> UpqJob:
         try:
             job = jt.cls(jt.name, jt.config.options, params, self.config.paths.extra,
-                         host=self, logger=self.log.getChild(f"job.{jt.name}"),
+                         host=self, logger=jt.logger,
                          jobid=None if row is None else row.jobid,
                          attempt=0 if row is None else row.attempts)
         except Exception as exc:  # noqa: BLE001
@@ -609,23 +614,3 @@ class QueueManager:
                          "cancelled": per.get("cancelled", 0),
                          "workers": 0 if jt is None else jt.config.concurrent}
         return out
-
-
-def _resolved(value: Any) -> Future:
-    fut: Future = Future()
-    fut.set_result(value)
-    return fut
-
-
-def _chain(fut: Future, fn: Callable[[Any], Any]) -> Future:
-    """A future holding fn(result of fut), or fut's exception."""
-    out: Future = Future()
-
-    def done(f: Future) -> None:
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(fn(f.result()))
-    fut.add_done_callback(done)
-    return out

@@ -18,7 +18,6 @@ import socket
 import socketserver
 import threading
 import time
-from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ from module_loader import JOB_NAME_RE, RESERVED_NAMES
 from parseconfig import ConfigError
 from upqdb import DatabaseUnavailable
 from upqschema import STATES, JobRow, shown_state
-from upqqueuemngr import Accepted, JobRejected, QueueManager, UnknownJob
+from upqqueuemngr import JobRejected, QueueManager, Submitted, UnknownJob
 
 MAX_LINE = 64 * 1024
 MAX_ANSWER = 1024
@@ -196,7 +195,7 @@ class Protocol:
             "reload": self.cmd_reload,
         }
 
-    def answer(self, line: str, gone: Callable[[], bool]) -> "str | Future[Accepted]":
+    def answer(self, line: str, gone: Callable[[], bool]) -> "str | Submitted":
         """One request line -> an answer line, or a future for a submission still committing."""
         try:
             req = parse_request(line)
@@ -217,13 +216,13 @@ class Protocol:
             return err(f"internal error: {type(exc).__name__}")
 
     @staticmethod
-    def settle(item: "str | Future[Accepted]", deadline: float) -> str:
+    def settle(item: "str | Submitted", deadline: float) -> str:
         """The answer line for a submission once its commit is done (or failed)."""
         if isinstance(item, str):
             return item
         try:
             acc = item.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
+        except TimeoutError:
             return err("database unavailable: no commit within 9 s; the job may or may not be stored")
         except (DatabaseUnavailable, JobRejected, UnknownJob) as exc:
             return err(str(exc))
@@ -383,12 +382,12 @@ class LineHandler(socketserver.BaseRequestHandler):
                 item = protocol.answer(decode_line(raw), self._gone)
             except BadRequest as exc:
                 item = err(str(exc))
-            if isinstance(item, Future):
+            if not isinstance(item, str):      # a submission waiting for its commit
                 out.append(item)
                 if len(out) >= MAX_PENDING and not self._send(sock, out):
                     return False
             else:
-                if any(isinstance(o, Future) for o in out) and not self._send(sock, out):
+                if any(not isinstance(o, str) for o in out) and not self._send(sock, out):
                     return False
                 out.append(item)
         return self._send(sock, out)
