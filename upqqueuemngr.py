@@ -167,6 +167,7 @@ class QueueManager:
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._running: dict[int, UpqJob] = {}     # jobid -> job running here (for cancel)
+        self._unsettled: set[int] = set()         # running here, or its outcome not yet committed
         self._alone = False                       # no other daemon on the database (set_peers)
 
     # -- life cycle --------------------------------------------------------
@@ -430,6 +431,7 @@ class QueueManager:
             if not wait:
                 self._acquire_slot(jt, job)
             self._running[row.jobid] = job
+            self._unsettled.add(row.jobid)
         t0 = time.perf_counter()
         try:
             outcome = self._run_bounded(jt, job, row)
@@ -499,6 +501,7 @@ class QueueManager:
     def _ended(self, jt: JobType, row: JobRow, outcome: Outcome, job: UpqJob | None,
                stored: JobRow | None, error: str) -> None:
         """After the outcome's commit: log, wake waiters, notify."""
+        self._unsettled.discard(row.jobid)      # before waking waiters: see wait()
         if error:
             self.log.warning("job %d: outcome %s %s", row.jobid, outcome.state, error)
         elif stored is None:
@@ -583,14 +586,19 @@ class QueueManager:
     def wait(self, jobid: int, timeout: float | None, gone: Callable[[], bool]) -> JobRow | None:
         """Block until the job has ended; None on timeout or when the client went away."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
         while True:
             ev = self.completions.register(jobid)
             try:
-                row = self.db.get_job(jobid)
-                if row is None:
-                    raise UnknownJob(f"no job {jobid}")
-                if row.is_final:
-                    return row
+                # a job running here, or whose outcome is being committed, will wake `ev` (its
+                # end is reported after the set forgets it): no need to read it the first time
+                if not (first and jobid in self._unsettled):
+                    row = self.db.get_job(jobid)
+                    if row is None:
+                        raise UnknownJob(f"no job {jobid}")
+                    if row.is_final:
+                        return row
+                first = False
                 step = self.config.server.poll_interval
                 if deadline is not None:
                     step = min(step, deadline - time.monotonic())

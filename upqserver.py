@@ -234,10 +234,14 @@ class Protocol:
     def cmd_ping(self, req: Request, gone: Callable[[], bool]) -> str:
         return ack("pong")
 
-    def _job(self, req: Request, usage: str) -> JobRow:
+    @staticmethod
+    def _jobid(req: Request, usage: str) -> int:
         if not req.args or req.args[0][1] is not None:
             raise BadRequest(f"usage: {usage}")
-        jobid = _int_arg(req.args[0][0], "jobid")
+        return _int_arg(req.args[0][0], "jobid")
+
+    def _job(self, req: Request, usage: str) -> JobRow:
+        jobid = self._jobid(req, usage)
         row = self.db.get_job(jobid)
         if row is None:
             raise UnknownJob(f"no job {jobid}")
@@ -252,16 +256,16 @@ class Protocol:
     def cmd_cancel(self, req: Request, gone: Callable[[], bool]) -> str:
         if len(req.args) != 1:
             raise BadRequest("usage: cancel <jobid>")
-        return ack_json("ACK", self.manager.cancel(self._job(req, "cancel <jobid>").jobid).to_json())
+        return ack_json("ACK", self.manager.cancel(self._jobid(req, "cancel <jobid>")).to_json())
 
     def cmd_retry(self, req: Request, gone: Callable[[], bool]) -> str:
         if len(req.args) != 1:
             raise BadRequest("usage: retry <jobid>")
-        return ack_json("ACK", self.manager.retry(self._job(req, "retry <jobid>").jobid).to_json())
+        return ack_json("ACK", self.manager.retry(self._jobid(req, "retry <jobid>")).to_json())
 
     def cmd_wait(self, req: Request, gone: Callable[[], bool]) -> str:
         usage = "wait <jobid> [timeout:<seconds>]"
-        row = self._job(req, usage)
+        jobid = self._jobid(req, usage)
         timeout: float | None = None
         for key, value in req.args[1:]:
             if key != "timeout" or value is None:
@@ -272,9 +276,9 @@ class Protocol:
                 raise BadRequest(f"timeout must be a number of seconds, got {value!r:.40}") from None
             if not 0 <= timeout < 10 ** 7:
                 raise BadRequest("timeout must be between 0 and 10000000 seconds")
-        final = row if row.is_final else self.manager.wait(row.jobid, timeout, gone)
+        final = self.manager.wait(jobid, timeout, gone)
         if final is None:
-            return err(f"timeout: job {row.jobid} has not ended")
+            return err(f"timeout: job {jobid} has not ended")
         return ack_json(final.wait_answer, final.to_json())
 
     def cmd_list(self, req: Request, gone: Callable[[], bool]) -> str:
