@@ -1,11 +1,11 @@
-"""All of upq's SQL: creating the schema and every state change of a job or node.
+"""The storage interface: the schema, reads, and every state change of a job or node.
 
 Every write goes through the group-commit `Writer` (groupcommit.py); reads run
-on their own pooled connections.
+on their own pooled connections. The SQL of a job's run (claim, start, outcome)
+is in upqruns.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -15,172 +15,16 @@ import os
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, tuple_, update
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from groupcommit import Batchable, DatabaseUnavailable, MergeMismatch, Pending, RowInsert, Writer, describe
-from upqschema import (SCHEMA_VERSION, STATES_QUEUED, JobRow, Outcome, RetryPolicy, cap_msg, encode_result,
-                       iso, jobs, meta, metadata, nodes, row_from, shown_state, utcnow)
+from groupcommit import DatabaseUnavailable, Pending, RowInsert, Writer, describe
+from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
+from upqschema import (SCHEMA_VERSION, STATES_QUEUED, JobRow, Outcome, RetryPolicy, iso, jobs, meta, metadata,
+                       nodes, row_from, shown_state, utcnow)
 
 T = TypeVar("T")
-
-
-# The hot path's statements, built once (their compiled form is cached by SQLAlchemy).
-_FINISH = (update(jobs)
-           .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "running",
-                  jobs.c.attempts == bindparam("b_attempts"), jobs.c.node == bindparam("b_node"),
-                  jobs.c.cancel_requested == 0)
-           .values(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
-                   finished=bindparam("finished")))
-# The same for many runs that ended alike (b_ids, b_pairs of (jobid, attempts)): one statement,
-# where an executemany would cost PyMySQL one round trip per row.
-_FINISH_ALIKE = (update(jobs)
-                 .where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)),
-                        tuple_(jobs.c.jobid, jobs.c.attempts).in_(bindparam("b_pairs", expanding=True)),
-                        jobs.c.state == "running", jobs.c.node == bindparam("b_node"),
-                        jobs.c.cancel_requested == 0)
-                 .values(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
-                         finished=bindparam("finished")))
-
-# Claim: the oldest due jobs of a type (b_name, b_now, b_limit), moved to running for b_node.
-_PICK = (select(jobs.c.jobid)
-         .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new",
-                jobs.c.run_after.is_(None) | (jobs.c.run_after <= bindparam("b_now")))
-         .order_by(jobs.c.jobid).limit(bindparam("b_limit")))
-
-
-def _claim_update(*where: Any, lease: bool) -> Any:
-    if lease:       # reserved for this node (b_node); attempts and started change when one starts
-        return update(jobs).where(*where).values(state="leased", node=bindparam("b_node"), cancel_requested=0)
-    return update(jobs).where(*where).values(
-        state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None,
-        node=bindparam("b_node"), cancel_requested=0)
-
-
-_CLAIM_SQLITE = {lease: _claim_update(jobs.c.jobid.in_(_PICK), lease=lease).returning(jobs)
-                 for lease in (False, True)}
-# A leased job's start, fenced on its lease (b_jobid, b_node; b_now).
-_START = (update(jobs)
-          .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "leased", jobs.c.node == bindparam("b_node"))
-          .values(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None))
-_START_MANY = (update(jobs)
-               .where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), jobs.c.state == "leased",
-                      jobs.c.node == bindparam("b_node"))
-               .values(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None))
-_CANCELLED_BEFORE_RUN = "cancelled before it ran"
-_PICK_ROWS_MYSQL = (select(jobs)
-                    .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new",
-                           jobs.c.run_after.is_(None) | (jobs.c.run_after <= bindparam("b_now")))
-                    .order_by(jobs.c.jobid).limit(bindparam("b_limit"))
-                    .with_for_update(skip_locked=True))
-
-
-def _is_final(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> bool:
-    """The run's outcome ends the job (no retry due): one fenced UPDATE records it."""
-    return outcome.state == "done" or (outcome.state == "failed" and policy.next_delay(row.retries_used) is None)
-
-
-def _finish_args(row: JobRow, node: str, state: str, msg: str, result: str | None,
-                 now: dt.datetime) -> dict[str, Any]:
-    return dict(b_jobid=row.jobid, b_attempts=row.attempts, b_node=node,
-                state=state, msg=msg, result=result, finished=now)
-
-
-def _ended_row(row: JobRow, state: str, msg: str, result: str | None, now: dt.datetime) -> JobRow:
-    """The row as _FINISH left it (built directly: dataclasses.replace is slow on the hot path)."""
-    return JobRow(row.jobid, row.jobname, state, row.params, msg,
-                  None if result is None else json.loads(result), row.attempts, row.retries_used,
-                  row.created, row.started, now, row.run_after, row.node, row.parent)
-
-
-class FinishRun(Batchable):
-    """Record how one run ended (Database._record); the final outcomes of a batch are one
-    fenced executemany, and if any of them is fenced out the batch runs again unmerged."""
-
-    order = 2           # after StartRun: a fast job's start and outcome often share a batch
-
-    def __init__(self, db: "Database", row: JobRow, outcome: Outcome, node: str, policy: RetryPolicy):
-        self.db, self.row, self.outcome, self.node, self.policy = db, row, outcome, node, policy
-
-    def __call__(self, conn: Connection) -> JobRow | None:
-        return self.db._record(conn, self.row, self.outcome, self.node, self.policy)
-
-    @classmethod
-    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        now = utcnow()
-        results: list[Any] = [None] * len(ops)
-        args, fast = [], []
-        for i, op in enumerate(ops):
-            if _is_final(op.outcome, op.row, op.policy):
-                msg, result = cap_msg(op.outcome.msg), encode_result(op.outcome.result)
-                args.append(_finish_args(op.row, op.node, op.outcome.state, msg, result, now))
-                fast.append(i)
-            else:
-                results[i] = op(conn)
-        if args:
-            _finish_many(conn, args)
-            for i, a in zip(fast, args):
-                results[i] = _ended_row(ops[i].row, a["state"], a["msg"], a["result"], now)
-        return results
-
-
-def _finish_many(conn: Connection, args: list[dict[str, Any]]) -> None:
-    """Runs that ended alike (same state, msg and result, as no-op and quiet jobs do) share one
-    UPDATE; the rest go as one executemany. MergeMismatch if any run was fenced out."""
-    alike: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
-    for a in args:
-        alike.setdefault((a["state"], a["msg"], a["result"]), []).append(a)
-    single = []
-    for (state, msg, result), group in alike.items():
-        if len(group) == 1:
-            single += group
-            continue
-        res = conn.execute(_FINISH_ALIKE, dict(
-            b_ids=[a["b_jobid"] for a in group], b_pairs=[(a["b_jobid"], a["b_attempts"]) for a in group],
-            b_node=group[0]["b_node"], state=state, msg=msg, result=result, finished=group[0]["finished"]))
-        if res.rowcount != len(group):
-            raise MergeMismatch("a finished run was fenced out")
-    if single and conn.execute(_FINISH, single).rowcount != len(single):
-        raise MergeMismatch("a finished run was fenced out")
-
-
-class StartRun(Batchable):
-    """A leased job starts (leased -> running, attempts + 1); True if its lease still held.
-    The worker does not wait for this commit (waiting per job would double the transactions);
-    the run's outcome is fenced on the start, and leases released after a crash count an
-    attempt (see _release_leases)."""
-
-    order = 1
-
-    def __init__(self, row: JobRow, node: str, now: dt.datetime):
-        self.args = dict(b_jobid=row.jobid, b_node=node, b_now=now)
-
-    def __call__(self, conn: Connection) -> bool:
-        return conn.execute(_START, self.args).rowcount == 1
-
-    @classmethod
-    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        # one statement (PyMySQL would make an executemany one round trip per row); `started`
-        # is the earliest start of the batch, a few milliseconds early at most
-        first = ops[0].args
-        res = conn.execute(_START_MANY, dict(b_ids=[op.args["b_jobid"] for op in ops], b_node=first["b_node"],
-                                             b_now=min(op.args["b_now"] for op in ops)))
-        if res.rowcount != len(ops):
-            raise MergeMismatch("a lease was lost")
-        return [True] * len(ops)
-
-
-def _release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
-    """Leased rows matching `where` are queued again, or cancelled if a cancel was asked
-    meanwhile. `crashed`: their daemon died, and a worker may have begun one whose start
-    was not committed yet, so `attempts` counts one up (it never undercounts runs started)."""
-    conn.execute(update(jobs).where(jobs.c.state == "leased", jobs.c.cancel_requested == 1, *where)
-                 .values(state="cancelled", finished=utcnow(), msg=_CANCELLED_BEFORE_RUN))
-    values: dict[str, Any] = dict(state="new", node=None)
-    if crashed:
-        values["attempts"] = jobs.c.attempts + 1
-    return conn.execute(update(jobs).where(jobs.c.state == "leased", *where).values(**values)).rowcount
 
 
 class Database:
@@ -370,7 +214,8 @@ class Database:
         new -> leased: reserved for this node and started one by one (`start_async`), so one
         claim serves many runs of fast jobs without counting them running before they run."""
         skip = tuple(exclude)
-        return self.write(lambda conn: self._claim(conn, jobname, limit, node, skip, lease))
+        return self.write(lambda conn: claim_rows(conn, jobname, limit, node, skip, lease,
+                                                  self.db_now(conn, exact=False), self.is_sqlite))
 
     def start_async(self, row: JobRow, node: str) -> "tuple[Pending[bool], JobRow]":
         """Start a leased job without waiting for the commit; the future and the row as started."""
@@ -385,7 +230,7 @@ class Database:
         attempt and node so a stale run cannot overwrite a newer one. The worker does not wait:
         the commit is shared with the next ones. The future holds the stored row, or None
         if the run was fenced out."""
-        return self.writer.submit(FinishRun(self, row, outcome, node, policy))
+        return self.writer.submit(FinishRun(row, outcome, node, policy, self.db_now))
 
     def unclaim(self, rows: Iterable[JobRow], node: str) -> None:
         """Claimed or leased jobs that never started go back to new, attempts as before."""
@@ -394,7 +239,7 @@ class Database:
 
         def op(conn: Connection) -> None:
             if leased:
-                _release_leases(conn, jobs.c.jobid.in_(leased), jobs.c.node == node)
+                release_leases(conn, jobs.c.jobid.in_(leased), jobs.c.node == node)
             for r in rows:
                 if r.state == "running":
                     conn.execute(update(jobs).where(jobs.c.jobid == r.jobid, jobs.c.state == "running",
@@ -403,68 +248,12 @@ class Database:
         if rows:
             self.write(op)
 
-    def _claim(self, conn: Connection, jobname: str, limit: int, node: str,
-               skip: tuple[int, ...], lease: bool) -> list[JobRow]:
-        now = self.db_now(conn, exact=False)
-        pick = _PICK if not skip else _PICK.where(jobs.c.jobid.not_in(skip))
-        args = dict(b_name=jobname, b_now=now, b_limit=limit, b_node=node)
-        if self.is_sqlite:
-            # one statement; the writer's BEGIN IMMEDIATE makes it atomic across processes too
-            stmt = (_CLAIM_SQLITE[lease] if not skip else
-                    _claim_update(jobs.c.jobid.in_(pick), lease=lease).returning(jobs))
-            return sorted((row_from(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
-        # MySQL: lock the rows (skipping ones other daemons hold), then move them, by key: two
-        # round trips; the rows returned are what the update wrote
-        pick_rows = _PICK_ROWS_MYSQL if not skip else _PICK_ROWS_MYSQL.where(jobs.c.jobid.not_in(skip))
-        locked = [row_from(r) for r in conn.execute(pick_rows, args)]
-        if not locked:
-            return []
-        conn.execute(_claim_update(jobs.c.jobid.in_([r.jobid for r in locked]), lease=lease), args)
-        if lease:
-            return [dataclasses.replace(r, state="leased", node=node) for r in locked]
-        return [dataclasses.replace(r, state="running", attempts=r.attempts + 1, started=now,
-                                    finished=None, node=node) for r in locked]
-
-    def _record(self, conn: Connection, row: JobRow, outcome: Outcome, node: str,
-                policy: RetryPolicy) -> JobRow | None:
-        msg, result = cap_msg(outcome.msg), encode_result(outcome.result)
-        if _is_final(outcome, row, policy):
-            # the common case: one fenced statement, no read back
-            now = utcnow()
-            res = conn.execute(_FINISH, _finish_args(row, node, outcome.state, msg, result, now))
-            if res.rowcount == 1:
-                return _ended_row(row, outcome.state, msg, result, now)
-        fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
-                 jobs.c.attempts == row.attempts, jobs.c.node == node)
-        # locked while we look (MySQL), so a cancel from another daemon cannot slip in between
-        look = select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence).with_for_update()
-        cur = conn.execute(look).first()
-        if cur is None and row.attempts > 0 and conn.execute(
-                _START.where(jobs.c.attempts == row.attempts - 1),
-                dict(b_jobid=row.jobid, b_node=node, b_now=row.started)).rowcount:
-            # a leased job whose start was not recorded (the database was away then): now it is
-            cur = conn.execute(look).first()
-        if cur is None:
-            return None
-        now = self.db_now(conn)
-        values: dict[str, Any] = {"msg": msg, "result": result, "state": outcome.state, "finished": now}
-        delay = policy.next_delay(cur.retries_used) if outcome.state == "failed" else None
-        if cur.cancel_requested:
-            values["state"] = "cancelled"
-        elif outcome.state == "retry":
-            values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=outcome.delay))
-        elif delay is not None:
-            values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=delay),
-                          retries_used=cur.retries_used + 1)
-        conn.execute(update(jobs).where(*fence).values(**values))
-        return row_from(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
-
     def cancel(self, jobid: int, node: str, withdrawn: bool) -> tuple[str, JobRow] | None:
         """A queued job is cancelled at once, a running one flagged; returns (state before, row).
         A leased job is cancelled at once only if `withdrawn` from this node's (`node`) queue;
         otherwise a worker may be starting it: it is flagged, and its holder cancels it
         (releasing or running it flagged)."""
-        queued = dict(state="cancelled", finished=utcnow(), msg=_CANCELLED_BEFORE_RUN)
+        queued = dict(state="cancelled", finished=utcnow(), msg=CANCELLED_BEFORE_RUN)
         flag = dict(cancel_requested=1)
 
         def change(state: str, holder: str | None) -> dict[str, Any] | None:
@@ -613,7 +402,7 @@ class Database:
                 if won.rowcount != 1:
                     continue
                 conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == name))
-                _release_leases(conn, jobs.c.node == name, crashed=True)
+                release_leases(conn, jobs.c.node == name, crashed=True)
                 moved = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == name)
                                      .values(state="new", node=None))
                 out.append((name, moved.rowcount))
@@ -642,7 +431,7 @@ class Database:
         held ones were never ACKed."""
         def op(conn: Connection) -> int:
             conn.execute(delete(jobs).where(jobs.c.state == "held", jobs.c.node == node))
-            _release_leases(conn, jobs.c.node == node, crashed=True)
+            release_leases(conn, jobs.c.node == node, crashed=True)
             res = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.node == node)
                                .values(state="new", node=None))
             return res.rowcount
