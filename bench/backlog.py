@@ -7,13 +7,14 @@
 
 What it does, on a fresh temp dir under /tmp (and, for MariaDB, a fresh database
 `upq_bench_<random>` that is dropped at the end):
-  1. writes a config with two job types: `noop` (concurrent = 0, so queued rows are
-     never claimed and the backlog stays put) and `hello` (concurrent = 2, idle
-     workers polling an empty queue);
+  1. writes a config with two job types: `noop` (concurrent = 0: submissions run inline;
+     its one worker for re-runs and retries drains the queued rows meanwhile, fast, as
+     leases let it) and `hello` (concurrent = 2, idle workers polling an empty queue);
   2. starts the daemon on an empty database: start-up time (process start -> first
      `ping` answered), RSS (VmRSS from /proc), and the same queries as below;
   3. stops it and fills the table with N rows in state `new` directly through
-     SQLAlchemy Core (executemany, batches of --batch rows per commit);
+     SQLAlchemy Core (executemany, batches of --batch rows per commit); with
+     --scheduled they are due in a day, so the daemon holds them without running any;
   4. starts the daemon on that database and measures start-up time, RSS after start
      and after 100 `status` + 1 `stats` + 1 `list`, `status <id>` latency (p50/p99
      over random ids on one persistent connection), `stats` and `list` latency
@@ -192,13 +193,13 @@ def write_files(workdir: Path, db_url: str, concurrent: int = 0) -> Path:
         "[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\n\n"
         f"[db]\nurl = {db_url}\n\n"
         "[server]\nallow_root = true\nshutdown_grace = 5\n\n"
-        "; concurrent = 0 (the default): runs inline at submission, queued rows are never claimed\n"
+        "; concurrent = 0 (the default): runs inline at submission; one worker runs queued rows\n"
         f"[job noop]\nenabled = true\nconcurrent = {concurrent}\n\n"
         "[job hello]\nenabled = true\nconcurrent = 2\n")
     return cfg
 
 
-def fill(db_url: str, n: int, batch: int, jobname: str = "noop") -> dict[str, Any]:
+def fill(db_url: str, n: int, batch: int, jobname: str = "noop", scheduled: bool = False) -> dict[str, Any]:
     """Insert n queued rows straight into upq_jobs; returns timings."""
     import logging
 
@@ -222,6 +223,7 @@ def fill(db_url: str, n: int, batch: int, jobname: str = "noop") -> dict[str, An
             cur.close()
 
     created = upqdb.utcnow()
+    run_after = created + dt.timedelta(days=1) if scheduled else None
     stmt = insert(upqdb.jobs)
     t0 = time.perf_counter()
     done = 0
@@ -230,7 +232,7 @@ def fill(db_url: str, n: int, batch: int, jobname: str = "noop") -> dict[str, An
             k = min(batch, n - done)
             rows = [{"jobname": jobname, "state": "new", "params": f'{{"i": "{done + i}"}}',
                      "msg": "", "result": None, "attempts": 0, "retries_used": 0,
-                     "created": created, "started": None, "finished": None, "run_after": None,
+                     "created": created, "started": None, "finished": None, "run_after": run_after,
                      "node": None, "parent": None} for i in range(k)]
             # executemany: sqlite3 runs it natively; PyMySQL rewrites it into multi-row INSERTs
             conn.execute(stmt, rows)
@@ -394,7 +396,7 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
     print(f"upq backlog benchmark — {res['db']} ({res['db_server']}), {res['host']}, "
           f"{res['cpus']} CPUs, {res['date']}")
     k = res["noop_concurrent"]
-    print("backlog type noop: " + ("concurrent = 0 (inline), the backlog stays queued" if k == 0 else
+    print("backlog type noop: " + ("concurrent = 0 (inline; its one worker drains a due backlog)" if k == 0 else
           f"concurrent = {k}, workers drain the backlog during the measurement"))
     print(f"fill: {n:,} queued rows in {fl['seconds']:.1f} s ({fl['rows_per_s']:,} rows/s, "
           f"batches of {fl['batch']:,}; {fl['post_step']} {fl['post_seconds']:.1f} s)")
@@ -459,9 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-samples", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5, help="samples for stats/list/submit medians")
     p.add_argument("--out", default=str(ROOT / "bench" / "results-backlog.json"))
+    p.add_argument("--scheduled", action="store_true",
+                   help="the backlog is due in a day (queued, not yet runnable) instead of due now")
     p.add_argument("--concurrent", type=int, default=0,
-                   help="workers of the backlog's type `noop` (default 0: inline, the backlog stays queued; "
-                        ">0: workers start draining it while the daemon is measured)")
+                   help="workers of the backlog's type `noop` (default 0: inline, one worker for re-runs; "
+                        ">0: that many workers drain it while the daemon is measured)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (and MariaDB database)")
     args = p.parse_args(argv)
 
@@ -514,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(str(workdir / "upq.db") + suffix).unlink(missing_ok=True)
 
         print(f"2/3 filling {args.jobs:,} queued jobs ...")
-        res["fill"] = fill(db_url, args.jobs, args.batch)
+        res["fill"] = fill(db_url, args.jobs, args.batch, scheduled=args.scheduled)
         if scratch is None:
             res["db_size_mb"] = round(sum(os.path.getsize(f) for f in workdir.glob("upq.db*")) / 2**20, 1)
         else:
