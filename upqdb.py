@@ -88,6 +88,8 @@ class Database:
             try:
                 with self.write_engine.begin() as conn:
                     metadata.create_all(conn, checkfirst=True)
+                    for index in jobs.indexes:      # an index added since the table was made
+                        index.create(conn, checkfirst=True)
                     have = conn.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
                     if have is None:
                         conn.execute(insert(meta).values(name="schema_version", value=str(SCHEMA_VERSION)))

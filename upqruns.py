@@ -37,10 +37,15 @@ _FINISH_ALIKE = (update(jobs)
                          finished=bindparam("finished")))
 
 # Claim: the oldest due jobs of a type (b_name, b_now, b_limit), moved to running for b_node.
-_PICK = (select(jobs.c.jobid)
-         .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new",
-                jobs.c.run_after.is_(None) | (jobs.c.run_after <= bindparam("b_now")))
-         .order_by(jobs.c.jobid).limit(bindparam("b_limit")))
+# Claim: due jobs of a type (b_name, b_now, b_limit) in two index ranges of ix_upq_jobs_due, so
+# that jobs not due yet are never scanned: delayed ones now due (oldest due first), then
+# the ones due at once (oldest first).
+_DUE_LATER = jobs.c.run_after.is_not(None) & (jobs.c.run_after <= bindparam("b_now"))
+_DUE_AT_ONCE = jobs.c.run_after.is_(None)
+_PICKS = tuple(select(jobs.c.jobid)
+               .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new", due)
+               .order_by(*order, jobs.c.jobid).limit(bindparam("b_limit"))
+               for due, order in ((_DUE_LATER, (jobs.c.run_after,)), (_DUE_AT_ONCE, ())))
 
 
 def _claim_update(*where: Any, lease: bool) -> Any:
@@ -51,8 +56,8 @@ def _claim_update(*where: Any, lease: bool) -> Any:
         node=bindparam("b_node"), cancel_requested=0)
 
 
-_CLAIM_SQLITE = {lease: _claim_update(jobs.c.jobid.in_(_PICK), lease=lease).returning(jobs)
-                 for lease in (False, True)}
+_CLAIM_SQLITE = {(lease, i): _claim_update(jobs.c.jobid.in_(pick), lease=lease).returning(jobs)
+                 for lease in (False, True) for i, pick in enumerate(_PICKS)}
 # A leased job's start, fenced on its lease (b_jobid, b_node; b_now).
 _START = (update(jobs)
           .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "leased", jobs.c.node == bindparam("b_node"))
@@ -62,11 +67,11 @@ _START_MANY = (update(jobs)
                       jobs.c.node == bindparam("b_node"))
                .values(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None))
 CANCELLED_BEFORE_RUN = "cancelled before it ran"
-_PICK_ROWS_MYSQL = (select(jobs)
-                    .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new",
-                           jobs.c.run_after.is_(None) | (jobs.c.run_after <= bindparam("b_now")))
-                    .order_by(jobs.c.jobid).limit(bindparam("b_limit"))
-                    .with_for_update(skip_locked=True))
+_PICK_ROWS_MYSQL = tuple(select(jobs)
+                         .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new", due)
+                         .order_by(*order, jobs.c.jobid).limit(bindparam("b_limit"))
+                         .with_for_update(skip_locked=True)
+                         for due, order in ((_DUE_LATER, (jobs.c.run_after,)), (_DUE_AT_ONCE, ())))
 
 
 def _is_final(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> bool:
@@ -179,17 +184,27 @@ def release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
 
 def claim_rows(conn: Connection, jobname: str, limit: int, node: str, skip: tuple[int, ...],
                lease: bool, now: dt.datetime, is_sqlite: bool) -> list[JobRow]:
-    """Move up to `limit` due jobs new -> leased (or running) for `node`, oldest first."""
-    pick = _PICK if not skip else _PICK.where(jobs.c.jobid.not_in(skip))
+    """Move up to `limit` due jobs new -> leased (or running) for `node`: delayed jobs now due
+    first, then the others, oldest first."""
+    rows: list[JobRow] = []
+    for i in range(len(_PICKS)):
+        if len(rows) < limit:
+            rows += _claim_range(conn, i, jobname, limit - len(rows), node, skip, lease, now, is_sqlite)
+    return rows
+
+
+def _claim_range(conn: Connection, i: int, jobname: str, limit: int, node: str, skip: tuple[int, ...],
+                 lease: bool, now: dt.datetime, is_sqlite: bool) -> list[JobRow]:
     args = dict(b_name=jobname, b_now=now, b_limit=limit, b_node=node)
     if is_sqlite:
         # one statement; the writer's BEGIN IMMEDIATE makes it atomic across processes too
-        stmt = (_CLAIM_SQLITE[lease] if not skip else
-                _claim_update(jobs.c.jobid.in_(pick), lease=lease).returning(jobs))
+        stmt = (_CLAIM_SQLITE[lease, i] if not skip else
+                _claim_update(jobs.c.jobid.in_(_PICKS[i].where(jobs.c.jobid.not_in(skip))),
+                              lease=lease).returning(jobs))
         return sorted((row_from(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
     # MySQL: lock the rows (skipping ones other daemons hold), then move them, by key: two
     # round trips; the rows returned are what the update wrote
-    pick_rows = _PICK_ROWS_MYSQL if not skip else _PICK_ROWS_MYSQL.where(jobs.c.jobid.not_in(skip))
+    pick_rows = _PICK_ROWS_MYSQL[i] if not skip else _PICK_ROWS_MYSQL[i].where(jobs.c.jobid.not_in(skip))
     locked = [row_from(r) for r in conn.execute(pick_rows, args)]
     if not locked:
         return []

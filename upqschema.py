@@ -49,8 +49,9 @@ jobs = Table(
     Column("node", String(255), nullable=True),
     Column("parent", BigInteger, nullable=True),
     Column("cancel_requested", Integer, nullable=False, default=0),
-    # claim order and per-type counts (stats) are both served by this index
-    Index("ix_upq_jobs_claim", "jobname", "state", "jobid"),
+    # claims (due at once: run_after NULL, by jobid; delayed: by run_after, so jobs not due yet
+    # are never scanned) and per-type counts (stats) are all served by this index
+    Index("ix_upq_jobs_due", "jobname", "state", "run_after", "jobid"),
     # list by state, newest first (orphan recovery filters the few running rows by node)
     Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
