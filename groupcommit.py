@@ -3,9 +3,9 @@
 Concurrent submissions, claims and outcomes share one commit (one fsync on
 SQLite), and SQLite gets a single writing connection, so writers never fight
 over its lock. Operations of one `Batchable` kind queued together (single-row
-inserts, finished runs) become one executemany: the writer thread's CPU, not
-the disk, is what limits a busy daemon, and one statement for many rows is what
-saves it.
+inserts, starts, finished runs) become one statement: the writer thread's CPU,
+not the disk, is what limits a busy daemon, and one statement for many rows is
+what saves it.
 """
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ class Batchable:
 
     @classmethod
     def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        return [op(conn) for op in ops]
+        """The results of two or more operations of this kind, in their order."""
+        raise NotImplementedError
 
 
 class RowInsert(Batchable):
@@ -148,7 +149,7 @@ class RowInsert(Batchable):
 
     @classmethod
     def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        if len(ops) == 1 or not conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+        if not conn.dialect.insert_executemany_returning_sort_by_parameter_order:
             return [op(conn) for op in ops]
         table = ops[0].table
         pk = list(table.primary_key.columns)[0]

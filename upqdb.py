@@ -6,6 +6,7 @@ is in upqruns.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -222,8 +223,8 @@ class Database:
     def start_async(self, row: JobRow, node: str) -> "tuple[Pending[bool], JobRow]":
         """Start a leased job without waiting for the commit; the future and the row as started."""
         now = utcnow()
-        started = JobRow(row.jobid, row.jobname, "running", row.params, row.msg, row.result, row.attempts + 1,
-                         row.retries_used, row.created, now, None, row.run_after, node, row.parent)
+        started = dataclasses.replace(row, state="running", attempts=row.attempts + 1, started=now,
+                                      finished=None, node=node)
         return self.writer.submit(StartRun(row, node, now)), started
 
     def record_outcome_async(self, row: JobRow, outcome: Outcome, node: str,

@@ -531,15 +531,18 @@ class QueueManager:
                 return jt.queue, row  # type: ignore[return-value]
         return None
 
-    def cancel(self, jobid: int) -> JobRow:
-        """`cancel`: a queued job never runs; a running one sees job.cancelled."""
-        withdrawn = self._withdraw(jobid)
+    def _cancel_in_db(self, jobid: int, withdrawn: tuple[DBQueue, JobRow] | None) -> tuple[str, JobRow] | None:
+        """db.cancel; a lease withdrawn for it goes back if the database cannot take the cancel."""
         try:
-            res = self.db.cancel(jobid, self.node, withdrawn is not None)
+            return self.db.cancel(jobid, self.node, withdrawn is not None)
         except DatabaseUnavailable:
             if withdrawn is not None:
                 withdrawn[0].give_back([withdrawn[1]])
             raise
+
+    def cancel(self, jobid: int) -> JobRow:
+        """`cancel`: a queued job never runs; a running one sees job.cancelled."""
+        res = self._cancel_in_db(jobid, self._withdraw(jobid))
         if res is None:
             raise UnknownJob(f"no job {jobid}")
         before, row = res
@@ -559,10 +562,8 @@ class QueueManager:
         for jobid in jobids:
             withdrawn = self._withdraw(jobid)
             if withdrawn is not None:
-                try:
-                    self.db.cancel(jobid, self.node, True)
-                except DatabaseUnavailable:
-                    withdrawn[0].give_back([withdrawn[1]])   # cancelled there when released
+                with contextlib.suppress(DatabaseUnavailable):      # given back: cancelled when released
+                    self._cancel_in_db(jobid, withdrawn)
         with self._lock:
             for jobid in jobids:
                 job = self._running.get(jobid)

@@ -19,59 +19,57 @@ from sqlalchemy.engine import Connection
 from groupcommit import Batchable, MergeMismatch
 from upqschema import JobRow, Outcome, RetryPolicy, cap_msg, encode_result, jobs, row_from, utcnow
 
-# A run's outcome, fenced (b_jobid, b_attempts, b_node): a flagged cancel makes it miss.
+CANCELLED_BEFORE_RUN = "cancelled before it ran"
+
+# A run's outcome (state, msg, result, finished), fenced on the run (b_node, and b_jobid with
+# b_attempts); a flagged cancel makes it miss.
+_OUTCOME = dict(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
+                finished=bindparam("finished"))
+_RUN_FENCE = (jobs.c.state == "running", jobs.c.node == bindparam("b_node"), jobs.c.cancel_requested == 0)
 _FINISH = (update(jobs)
-           .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "running",
-                  jobs.c.attempts == bindparam("b_attempts"), jobs.c.node == bindparam("b_node"),
-                  jobs.c.cancel_requested == 0)
-           .values(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
-                   finished=bindparam("finished")))
+           .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.attempts == bindparam("b_attempts"), *_RUN_FENCE)
+           .values(**_OUTCOME))
 # The same for many runs that ended alike (b_ids, b_pairs of (jobid, attempts)): one statement,
 # where an executemany would cost PyMySQL one round trip per row.
 _FINISH_ALIKE = (update(jobs)
                  .where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)),
                         tuple_(jobs.c.jobid, jobs.c.attempts).in_(bindparam("b_pairs", expanding=True)),
-                        jobs.c.state == "running", jobs.c.node == bindparam("b_node"),
-                        jobs.c.cancel_requested == 0)
-                 .values(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
-                         finished=bindparam("finished")))
+                        *_RUN_FENCE)
+                 .values(**_OUTCOME))
 
-# Claim: the oldest due jobs of a type (b_name, b_now, b_limit), moved to running for b_node.
+# A leased job's start (b_now), fenced on its lease (b_node); one job (b_jobid) or many (b_ids).
+_STARTED = dict(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None)
+_LEASE_FENCE = (jobs.c.state == "leased", jobs.c.node == bindparam("b_node"))
+_START = update(jobs).where(jobs.c.jobid == bindparam("b_jobid"), *_LEASE_FENCE).values(**_STARTED)
+_START_MANY = (update(jobs).where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), *_LEASE_FENCE)
+               .values(**_STARTED))
+
 # Claim: due jobs of a type (b_name, b_now, b_limit) in two index ranges of ix_upq_jobs_due, so
-# that jobs not due yet are never scanned: delayed ones now due (oldest due first), then
-# the ones due at once (oldest first).
-_DUE_LATER = jobs.c.run_after.is_not(None) & (jobs.c.run_after <= bindparam("b_now"))
-_DUE_AT_ONCE = jobs.c.run_after.is_(None)
-_PICKS = tuple(select(jobs.c.jobid)
-               .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new", due)
-               .order_by(*order, jobs.c.jobid).limit(bindparam("b_limit"))
-               for due, order in ((_DUE_LATER, (jobs.c.run_after,)), (_DUE_AT_ONCE, ())))
+# that jobs not due yet are never scanned: delayed ones now due (earliest due first), then
+# the ones due at once (oldest first). SQLite picks ids inside one UPDATE; MySQL locks rows.
+_DUE_RANGES = ((jobs.c.run_after.is_not(None) & (jobs.c.run_after <= bindparam("b_now")), (jobs.c.run_after,)),
+               (jobs.c.run_after.is_(None), ()))
+
+
+def _picks(*columns: Any) -> tuple[Any, ...]:
+    return tuple(select(*columns)
+                 .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new", due)
+                 .order_by(*order, jobs.c.jobid).limit(bindparam("b_limit"))
+                 for due, order in _DUE_RANGES)
+
+
+_PICKS = _picks(jobs.c.jobid)
+_PICK_ROWS_MYSQL = tuple(pick.with_for_update(skip_locked=True) for pick in _picks(jobs))
 
 
 def _claim_update(*where: Any, lease: bool) -> Any:
     if lease:       # reserved for this node (b_node); attempts and started change when one starts
         return update(jobs).where(*where).values(state="leased", node=bindparam("b_node"), cancel_requested=0)
-    return update(jobs).where(*where).values(
-        state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None,
-        node=bindparam("b_node"), cancel_requested=0)
+    return update(jobs).where(*where).values(node=bindparam("b_node"), cancel_requested=0, **_STARTED)
 
 
 _CLAIM_SQLITE = {(lease, i): _claim_update(jobs.c.jobid.in_(pick), lease=lease).returning(jobs)
                  for lease in (False, True) for i, pick in enumerate(_PICKS)}
-# A leased job's start, fenced on its lease (b_jobid, b_node; b_now).
-_START = (update(jobs)
-          .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.state == "leased", jobs.c.node == bindparam("b_node"))
-          .values(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None))
-_START_MANY = (update(jobs)
-               .where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), jobs.c.state == "leased",
-                      jobs.c.node == bindparam("b_node"))
-               .values(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None))
-CANCELLED_BEFORE_RUN = "cancelled before it ran"
-_PICK_ROWS_MYSQL = tuple(select(jobs)
-                         .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new", due)
-                         .order_by(*order, jobs.c.jobid).limit(bindparam("b_limit"))
-                         .with_for_update(skip_locked=True)
-                         for due, order in ((_DUE_LATER, (jobs.c.run_after,)), (_DUE_AT_ONCE, ())))
 
 
 def _is_final(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> bool:
@@ -86,15 +84,14 @@ def _finish_args(row: JobRow, node: str, state: str, msg: str, result: str | Non
 
 
 def _ended_row(row: JobRow, state: str, msg: str, result: str | None, now: dt.datetime) -> JobRow:
-    """The row as _FINISH left it (built directly: dataclasses.replace is slow on the hot path)."""
-    return JobRow(row.jobid, row.jobname, state, row.params, msg,
-                  None if result is None else json.loads(result), row.attempts, row.retries_used,
-                  row.created, row.started, now, row.run_after, row.node, row.parent)
+    """The row as _FINISH left it."""
+    return dataclasses.replace(row, state=state, msg=msg, finished=now,
+                               result=None if result is None else json.loads(result))
 
 
 class FinishRun(Batchable):
-    """Record how one run ended (record_outcome); the final outcomes of a batch are one
-    fenced executemany, and if any of them is fenced out the batch runs again unmerged."""
+    """Record how one run ended (record_outcome); the final outcomes of a batch go out
+    together (_finish_many), and if any of them is fenced out the batch runs again unmerged."""
 
     order = 2           # after StartRun: a fast job's start and outcome often share a batch
 
@@ -148,7 +145,7 @@ class StartRun(Batchable):
     """A leased job starts (leased -> running, attempts + 1); True if its lease still held.
     The worker does not wait for this commit (waiting per job would double the transactions);
     the run's outcome is fenced on the start, and leases released after a crash count an
-    attempt (see _release_leases)."""
+    attempt (see release_leases)."""
 
     order = 1
 
