@@ -6,7 +6,7 @@ however long the backlog is. The writer thread's CPU is what limits a busy
 daemon, so the database work per job is kept low:
 - a submission that finds an idle worker here is stored already running on
   this node and handed straight to it;
-- outcomes are recorded without the worker waiting (`finish`);
+- outcomes are recorded without the worker waiting (upqqueuemngr);
 - while this daemon is alone on its database (`set_leasing`), a claim leases as
   many due jobs as the workers run within LEASE_WINDOW seconds (at least one per
   idle worker): new -> leased, reserved for this node and still shown as new. A
@@ -22,47 +22,50 @@ back rather than started: a paused daemon cannot start a job reaped meanwhile.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
-import queue
 import threading
 import time
 from typing import Callable
 
 from groupcommit import Pending
-from upqdb import Database, DatabaseUnavailable
-from upqschema import JobRow, Outcome, RetryPolicy, utcnow
+from upqdb import Database
+from upqerrors import DatabaseUnavailable, QueueStopped
+from upqschema import JobRow, utcnow
+from upqstates import State
 
 LEASE_WINDOW = 0.05         # seconds of the workers' runs leased ahead (fast jobs only)
 LEASE_MAX = 256             # jobs leased at most, per type
 
 
-class QueueStopped(Exception):
-    """The queue is shutting down: workers leave their loop."""
+class DBQueue:
+    """A bounded in-memory buffer of claimed jobs, refilled from the database on demand.
 
-
-class DBQueue(queue.Queue):
-    """A bounded in-memory buffer of claimed jobs, refilled from the database on demand."""
+    Everything below `_cond` is guarded by it (workers, submitters and the writer's
+    callbacks all come here); `_hand_over` and `wake_at` run on the writer thread, so
+    nothing may wait for the writer while holding `_cond`."""
 
     def __init__(self, db: Database, jobname: str, node: str, logger: logging.Logger,
-                 poll_interval: float = 1.0, maxsize: int = 64, lease_validity: float = 15.0):
-        super().__init__(maxsize=maxsize)     # maxsize: the type's worker slots
-        # self.queue holds (row, monotonic time its lease ends) pairs
+                 poll_interval: float = 1.0, slots: int = 1, lease_validity: float = 15.0):
         self.db = db
         self.jobname = jobname
         self.node = node
         self.log = logger
         self.poll_interval = poll_interval
+        self.lease_validity = lease_validity
+        self._cond = threading.Condition()
+        self._buffer: collections.deque[tuple[JobRow, float]] = collections.deque()  # (row, lease end)
+        self._slots = slots         # the type's worker slots: how many jobs a claim may take
         self._generation = 0        # counts submissions, so a claimer never sleeps past one
         self._claiming = False
-        self._waiting = 0
+        self._waiting = 0           # workers in get() (read without the lock as a hint)
         self._reserved = 0          # idle workers promised a job that is being stored claimed
         self._stopped = False
         self._next_due = float("inf")   # monotonic time a known delayed job becomes due
-        self.held_back: set[int] = set()  # jobs whose timed-out run is still alive here
-        self.avg_run = 1.0          # seconds per run (moving average); slow until measured
-        self.leasing = False        # alone on the database: lease ahead (set_leasing)
-        self.lease_validity = lease_validity
+        self._held_back: set[int] = set()  # jobs whose timed-out run is still alive here
+        self._avg_run = 1.0         # seconds per run (moving average); slow until measured
+        self._leasing = False       # alone on the database: lease ahead (set_leasing)
 
     # -- producer side -----------------------------------------------------
     def put_async(self, params: dict[str, str], parent: int | None = None,
@@ -74,10 +77,10 @@ class DBQueue(queue.Queue):
             return fut
         # a lock-free look first: with every worker busy (a backlog) submissions never touch the
         # queue's lock, which the workers and the writer's callbacks also want
-        direct = self._waiting - self._reserved - len(self.queue) > 0
+        direct = self._waiting - self._reserved - len(self._buffer) > 0
         if direct:
-            with self.mutex:
-                direct = not self._stopped and self._waiting - self._reserved - self._qsize() > 0
+            with self._cond:
+                direct = not self._stopped and self._waiting - self._reserved - len(self._buffer) > 0
                 if direct:
                     self._reserved += 1
         if not direct:
@@ -85,7 +88,7 @@ class DBQueue(queue.Queue):
             fut.add_done_callback(lambda _f: self.wake())
             return fut
         now = utcnow()
-        fut = self.db.insert_job_async(self.jobname, params, parent=parent, state="running",
+        fut = self.db.insert_job_async(self.jobname, params, parent=parent, state=State.RUNNING,
                                        node=self.node, now=now)
         fut.add_done_callback(lambda f: self._hand_over(f, params, parent, now))
         return fut
@@ -93,47 +96,64 @@ class DBQueue(queue.Queue):
     def _hand_over(self, fut: "Pending[int]", params: dict[str, str], parent: int | None,
                    now: dt.datetime) -> None:
         """A job stored already claimed goes straight to the idle worker it was meant for."""
-        with self.mutex:
+        with self._cond:
             self._reserved -= 1
             if fut.exception() is None:
-                self._put((JobRow(jobid=fut.result(), jobname=self.jobname, state="running", params=params,
-                                  msg="", result=None, attempts=1, retries_used=0, created=now, started=now,
-                                  finished=None, run_after=None, node=self.node, parent=parent),
-                           float("inf")))
-                self.not_empty.notify()
+                self._buffer.append((JobRow(jobid=fut.result(), jobname=self.jobname, state=State.RUNNING,
+                                            params=params, msg="", result=None, attempts=1, retries_used=0,
+                                            created=now, started=now, finished=None, run_after=None,
+                                            node=self.node, parent=parent),
+                                     float("inf")))
+                self._cond.notify()
 
     def wake(self) -> None:
         """New work may be due: let one idle worker look."""
         if not self._waiting:
             return      # nobody to wake, and no claim in flight (a claimer counts as waiting)
-        with self.mutex:
+        with self._cond:
             self._generation += 1
-            self.not_empty.notify()
+            self._cond.notify()
 
     def wake_at(self, when: float) -> None:
         """A delayed job becomes due at monotonic time `when`: look then, not a poll later."""
-        with self.mutex:
+        with self._cond:
             if when < self._next_due:
                 self._next_due = when
-                self.not_empty.notify()
+                self._cond.notify()
 
     def kick(self) -> None:
         """Wake every waiting worker (one may have to retire)."""
-        with self.mutex:
-            self.not_empty.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def resize(self, slots: int) -> None:
+        """The type's worker slots changed (reload)."""
+        with self._cond:
+            self._slots = slots
+            self._cond.notify_all()
+
+    def hold_back(self, jobid: int) -> None:
+        """A timed-out run of this job is still alive here: do not claim the job meanwhile."""
+        with self._cond:
+            self._held_back.add(jobid)
+
+    def release_hold(self, jobid: int) -> None:
+        with self._cond:
+            self._held_back.discard(jobid)
+            self._generation += 1
+            self._cond.notify()
 
     # -- consumer side -----------------------------------------------------
-    def get(self, block: bool = True, timeout: float | None = None,  # type: ignore[override]
-            leave: Callable[[], bool] = lambda: False) -> JobRow:
+    def get(self, leave: Callable[[], bool] = lambda: False) -> JobRow:
         """Return a job this node has started; QueueStopped at shutdown or when leave() says so."""
         while True:
-            with self.mutex:
+            with self._cond:
                 self._waiting += 1
                 try:
                     row, lease_end = self._get_locked(leave)
                 finally:
                     self._waiting -= 1
-            if row.state != "leased":
+            if row.state != State.LEASED:
                 return row          # claimed or handed over already running
             if time.monotonic() > lease_end:
                 self.log.info("job %d: leased over %gs ago and not started; giving it back",
@@ -150,83 +170,92 @@ class DBQueue(queue.Queue):
                              "daemon was paused?); its run's outcome will be discarded", self.jobname)
 
     def ran(self, seconds: float) -> None:
-        """A run took `seconds`: how far ahead to lease follows how fast jobs run."""
-        self.avg_run += 0.2 * (seconds - self.avg_run)
+        """A run took `seconds`: how far ahead to lease follows how fast jobs run (a hint, no lock)."""
+        self._avg_run += 0.2 * (seconds - self._avg_run)
 
     def set_leasing(self, on: bool) -> None:
         """Lease ahead only while alone on the database; leases held when that ends go back."""
-        with self.mutex:
-            self.leasing = on
-            back = [] if on else self._take_out(lambda row: row.state == "leased")
+        with self._cond:
+            self._leasing = on
+            back = [] if on else self._take_out(lambda row: row.state == State.LEASED)
         self.give_back(back)
 
     def withdraw(self, jobid: int) -> JobRow | None:
         """Take a leased job out before a worker has it (to cancel it); the job if it was here."""
-        with self.mutex:
-            out = self._take_out(lambda row: row.jobid == jobid and row.state == "leased")
+        with self._cond:
+            out = self._take_out(lambda row: row.jobid == jobid and row.state == State.LEASED)
         return out[0] if out else None
 
     def give_back(self, rows: list[JobRow]) -> None:
-        """Leased jobs this queue will not start go back to new for any daemon."""
+        """Claimed or leased jobs this queue will not start go back to new for any daemon."""
         if not rows:
             return
         try:
             self.db.unclaim(rows, self.node)
         except DatabaseUnavailable as exc:
-            self.log.warning("%d leased %s job(s) stay reserved for this daemon until it restarts: %s",
+            self.log.warning("%d claimed %s job(s) stay reserved for this daemon until it restarts: %s",
                              len(rows), self.jobname, exc)
 
+    def stop(self) -> None:
+        """Wake every worker to leave; claimed jobs that never started go back."""
+        with self._cond:
+            self._stopped = True
+            left = [row for row, _ in self._buffer]
+            self._buffer.clear()
+            self._cond.notify_all()
+        self.give_back(left)
+
+    # -- claiming (caller holds _cond) ------------------------------------
     def _take_out(self, match: Callable[[JobRow], bool]) -> list[JobRow]:
-        """Remove the buffered jobs that match; caller holds the mutex."""
-        out = [row for row, _ in self.queue if match(row)]
+        """Remove the buffered jobs that match."""
+        out = [row for row, _ in self._buffer if match(row)]
         if out:
-            keep = [entry for entry in self.queue if not match(entry[0])]
-            self.queue.clear()
-            self.queue.extend(keep)
+            keep = [entry for entry in self._buffer if not match(entry[0])]
+            self._buffer.clear()
+            self._buffer.extend(keep)
         return out
 
     def _want(self) -> int:
         """How many jobs one claim takes: one per idle worker not promised a job being stored
-        for it, and when leasing, what the workers run within LEASE_WINDOW; caller holds the mutex."""
+        for it, and when leasing, what the workers run within LEASE_WINDOW."""
         idle = self._waiting - self._reserved
-        if not self.leasing:
-            return min(idle, self.maxsize - self._qsize())
-        ahead = int(self.maxsize * LEASE_WINDOW / max(self.avg_run, 1e-5))
-        return min(max(idle, ahead), LEASE_MAX) - self._qsize()
+        if not self._leasing:
+            return min(idle, self._slots - len(self._buffer))
+        ahead = int(self._slots * LEASE_WINDOW / max(self._avg_run, 1e-5))
+        return min(max(idle, ahead), LEASE_MAX) - len(self._buffer)
 
     def _get_locked(self, leave: Callable[[], bool]) -> tuple[JobRow, float]:
         backoff = 0.0
         while True:
             if self._stopped or leave():
-                raise QueueStopped(self.jobname)
-            if self._qsize():
-                return self._get()
+                raise QueueStopped(f"{self.jobname}: upq is stopping")
+            if self._buffer:
+                return self._buffer.popleft()
             # claim for the idle workers not already promised a job being stored for them;
             # they stay promised while the claim runs, so no job is claimed twice over
             want = self._want()
             if not self._claiming and want > 0:
                 generation = self._generation
                 self._reserved += want
-                lease = self.leasing
+                lease = self._leasing
                 try:
                     rows, failed = self._claim_unlocked(want, lease)
                 finally:
                     self._reserved -= want
-                if lease and not self.leasing and rows:
-                    # leasing ended while we claimed (rare): give them back, without the mutex,
+                if lease and not self._leasing and rows:
+                    # leasing ended while we claimed (rare): give them back, without the lock,
                     # which the writer's callbacks take (holding it while waiting on the writer
                     # would deadlock)
-                    self.mutex.release()
+                    self._cond.release()
                     try:
                         self.give_back(rows)
                     finally:
-                        self.mutex.acquire()
+                        self._cond.acquire()
                     rows = []
                 lease_end = time.monotonic() + self.lease_validity
-                for row in rows:
-                    self._put((row, lease_end))
+                self._buffer.extend((row, lease_end) for row in rows)
                 if rows:
-                    self.not_empty.notify_all()
+                    self._cond.notify_all()
                     backoff = 0.0
                     continue
                 if failed:
@@ -237,51 +266,18 @@ class DBQueue(queue.Queue):
             if self._next_due <= now:
                 self._next_due = float("inf")
                 continue
-            self.not_empty.wait(backoff or min(self.poll_interval, self._next_due - now))
+            self._cond.wait(backoff or min(self.poll_interval, self._next_due - now))
 
     def _claim_unlocked(self, want: int, lease: bool) -> tuple[list[JobRow], bool]:
-        """Claim with the mutex released so submissions are not blocked meanwhile."""
+        """Claim with the lock released so submissions are not blocked meanwhile."""
         self._claiming = True
-        self.mutex.release()
+        held_back = tuple(self._held_back)
+        self._cond.release()
         try:
-            return self.db.claim(self.jobname, max(1, want), self.node, tuple(self.held_back),
-                                 lease=lease), False
+            return self.db.claim(self.jobname, max(1, want), self.node, held_back, lease=lease), False
         except DatabaseUnavailable as exc:
             self.log.warning("claiming %s jobs failed: %s", self.jobname, exc)
             return [], True
         finally:
-            self.mutex.acquire()
+            self._cond.acquire()
             self._claiming = False
-
-    def finish(self, row: JobRow, outcome: Outcome, policy: RetryPolicy,
-               done: Callable[[JobRow | None, str], None], stopping: Callable[[], bool] = lambda: False,
-               delay: float = 0.2) -> None:
-        """Record a run's outcome without making the worker wait for the commit; `done(stored)`
-        runs after it (stored is None when fenced out or, with a reason, not recorded at all).
-        Retried through a database outage until the daemon stops."""
-        fut = self.db.record_outcome_async(row, outcome, self.node, policy)
-
-        def committed(f: "Pending[JobRow | None]") -> None:
-            exc = f.exception()
-            if exc is None:
-                stored = f.result()
-                if stored is not None and stored.state == "new" and stored.run_after is not None:
-                    wait = (stored.run_after - utcnow()).total_seconds()
-                    self.wake_at(time.monotonic() + max(0.0, wait))
-                done(stored, "")
-            elif isinstance(exc, DatabaseUnavailable) and not stopping():
-                self.log.warning("job %d: recording outcome failed, retrying in %.1fs: %s", row.jobid, delay, exc)
-                t = threading.Timer(delay, self.finish, (row, outcome, policy, done, stopping, min(5.0, delay * 2)))
-                t.daemon = True
-                t.start()
-            else:
-                done(None, f"not recorded ({exc}); it will run again")
-        fut.add_done_callback(committed)
-
-    def stop(self) -> list[JobRow]:
-        """Wake every worker to leave; returns claimed jobs that never started."""
-        with self.mutex:
-            self._stopped = True
-            left = [self._get()[0] for _ in range(self._qsize())]
-            self.not_empty.notify_all()
-        return left

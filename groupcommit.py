@@ -9,6 +9,8 @@ what saves it.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -18,6 +20,8 @@ from typing import Any, Callable, Generic, TypeVar
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from upqerrors import DatabaseUnavailable
 
 WRITE_BATCH = 1000              # most operations in one transaction
 T = TypeVar("T")
@@ -109,10 +113,6 @@ class Mapped(Generic[T]):
         return self._fn(self._inner.result(timeout))
 
 
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached or refused the work; str() is the reason."""
-
-
 class MergeMismatch(Exception):
     """A merged statement touched fewer rows than it had operations: run them one by one."""
 
@@ -177,14 +177,31 @@ def describe(exc: BaseException) -> str:
     return f"database unavailable: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
+Op = Callable[[Connection], Any]
+Retrying = Callable[[], bool]          # while it answers True, a write is retried through an outage
+Item = tuple[Op, Pending[Any], "Retrying | None", float]     # op, its future, retry_while, next backoff
+_NOTHING = object()
+
+
 class Writer:
-    """One thread, one connection: runs queued write operations in shared transactions."""
+    """One thread, one connection: runs queued write operations in shared transactions.
+
+    Every retry of a write happens here. A transaction that hit a deadlock, a lock wait
+    or a busy file runs again at once (a few times, backing off). A write submitted with
+    `retry_while` that failed because the database is away is queued again, backing off
+    from RETRY_FIRST to RETRY_MAX seconds, for as long as `retry_while()` says so; at stop
+    such writes fail with DatabaseUnavailable."""
+
+    RETRY_FIRST, RETRY_MAX = 0.2, 5.0
 
     def __init__(self, engine: Engine, logger: logging.Logger):
         self.engine = engine
         self.log = logger
-        self.queue: "queue.SimpleQueue[tuple[Callable[[Connection], Any], Pending[Any]] | None]" = queue.SimpleQueue()
+        self.queue: "queue.SimpleQueue[Item | None]" = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+        # writes waiting out an outage, as (due, seq, item); only the writer thread touches it
+        self._later: list[tuple[float, int, Item]] = []
+        self._seq = itertools.count()
 
     def start(self) -> None:
         self.thread.start()
@@ -194,18 +211,25 @@ class Writer:
             self.queue.put(None)
             self.thread.join(timeout=10)
 
-    def submit(self, fn: Callable[[Connection], T]) -> Pending[T]:
+    def submit(self, fn: Callable[[Connection], T], retry_while: Retrying | None = None) -> Pending[T]:
         fut: Pending[T] = Pending(self.log)
-        self.queue.put((fn, fut))
+        self.queue.put((fn, fut, retry_while, self.RETRY_FIRST))
         return fut
 
     def _loop(self) -> None:
         while True:
-            item = self.queue.get()
+            timeout = max(0.0, self._later[0][0] - time.monotonic()) if self._later else None
+            try:
+                item: Any = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                item = _NOTHING
             if item is None:
+                self._drop_retries()
                 return
-            batch = [item]
-            while len(batch) < WRITE_BATCH:
+            batch = self._due_retries()
+            if item is not _NOTHING:
+                batch.append(item)
+            while batch and len(batch) < WRITE_BATCH:
                 try:
                     nxt = self.queue.get_nowait()
                 except queue.Empty:
@@ -214,15 +238,43 @@ class Writer:
                     self.queue.put(None)
                     break
                 batch.append(nxt)
-            self._run_batch(batch)
+            if batch:
+                self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Pending[Any]]]) -> None:
+    def _due_retries(self) -> list[Item]:
+        now = time.monotonic()
+        out = []
+        while self._later and self._later[0][0] <= now:
+            out.append(heapq.heappop(self._later)[2])
+        return out
+
+    def _drop_retries(self) -> None:
+        for _, _, (_, fut, _, _) in self._later:
+            fut.set_exception(DatabaseUnavailable("database unavailable: upq stopped before the write "
+                                                  "could be retried"))
+        self._later.clear()
+
+    def _fail(self, batch: list[Item], exc: BaseException) -> None:
+        """Writes that may wait out the outage are queued again; the others fail."""
+        err = DatabaseUnavailable(describe(exc)) if isinstance(exc, SQLAlchemyError) else exc
+        later = 0
+        for fn, fut, retry_while, backoff in batch:
+            if retry_while is not None and isinstance(err, DatabaseUnavailable) and retry_while():
+                heapq.heappush(self._later, (time.monotonic() + backoff, next(self._seq),
+                                             (fn, fut, retry_while, min(self.RETRY_MAX, backoff * 2))))
+                later += 1
+            else:
+                fut.set_exception(err)
+        if later:
+            self.log.warning("%d write(s) will be retried in %.1f s or more", later, batch[0][3])
+
+    def _run_batch(self, batch: list[Item]) -> None:
         for attempt in range(5):
             try:
                 try:
-                    results = self._transaction([fn for fn, _ in batch], merge=True)
+                    results = self._transaction([item[0] for item in batch], merge=True)
                 except MergeMismatch:
-                    results = self._transaction([fn for fn, _ in batch], merge=False)
+                    results = self._transaction([item[0] for item in batch], merge=False)
             except Exception as exc:  # noqa: BLE001 - the writer must never die
                 if is_transient(exc) and attempt < 4:
                     time.sleep(0.05 * 2 ** attempt)
@@ -231,19 +283,17 @@ class Writer:
                     continue        # a connection the server dropped while idle: once more, afresh
                 if is_connection_problem(exc) or len(batch) == 1:
                     self.log.warning("database write failed (%d operations): %s", len(batch), exc)
-                    err = DatabaseUnavailable(describe(exc)) if isinstance(exc, SQLAlchemyError) else exc
-                    for _, fut in batch:
-                        fut.set_exception(err)
+                    self._fail(batch, exc)
                     return
                 # one bad operation must not sink the others: run each on its own
-                for pair in batch:
-                    self._run_batch([pair])
+                for item in batch:
+                    self._run_batch([item])
                 return
-            for (_, fut), res in zip(batch, results):
-                fut.set_result(res)
+            for item, res in zip(batch, results):
+                item[1].set_result(res)
             return
 
-    def _transaction(self, ops: list[Callable[[Connection], Any]], merge: bool) -> list[Any]:
+    def _transaction(self, ops: list[Op], merge: bool) -> list[Any]:
         results: list[Any] = [None] * len(ops)
         groups: dict[type, list[int]] = {}
         if merge:

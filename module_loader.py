@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import sys
 import types
 
-# The socket protocol's built-in commands; a job with one of these names could never be reached.
-RESERVED_NAMES: frozenset[str] = frozenset({
-    "ping", "status", "wait", "cancel", "retry", "list", "list_queue", "stats", "help",
-    "auth", "reload",
-})
-JOB_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+from upqerrors import ModuleLoadError
+from upqproto import JOB_NAME_RE, RESERVED_NAMES
+
+__all__ = ["JOB_NAME_RE", "RESERVED_NAMES", "ModuleLoadError", "job_name_problem", "class_name_for",
+           "load_job_class"]
 PRIVATE_PACKAGE = "upq_jobs"
-
-
-class ModuleLoadError(Exception):
-    """A job module that cannot be used; str() is one line naming the job and the reason."""
 
 
 def job_name_problem(name: str) -> str | None:

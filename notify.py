@@ -1,6 +1,6 @@
 """Report jobs that ended for good to syslog and by mail, off the worker threads.
 
-`Notifier.job_ended` is the queue manager's `on_final` hook: it only puts one
+`Notifier.on_ended` is one of the queue manager's after-outcome hooks: it only puts one
 notification per target on a bounded in-memory queue and returns. One
 background thread sends them in order. A failed send (SMTP down, slow or
 answering 4xx; a syslog socket that is missing) is retried after 1 s, then 2 s
@@ -32,9 +32,14 @@ from collections import deque
 from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from parseconfig import Config, JobConfig, MailConfig, NotifyConfig, NotifyTarget
 from upqschema import JobRow, iso
+from upqstates import State
+
+if TYPE_CHECKING:
+    from upqqueuemngr import Ended
 
 QUEUE_SIZE = 10_000
 TRIES = 3                       # attempts per notification
@@ -43,7 +48,7 @@ STOP_TIMEOUT = 5.0              # how long shutdown waits for pending notificati
 SYSLOG_MSG_MAX = 1000           # characters of msg in a syslog record
 MAIL_FIELD_MAX = 10_000         # characters of msg / params / result in a mail body
 PROBE_TIMEOUT = 3.0             # cap on the start-up SMTP probe
-SEVERITY = {"done": 6, "failed": 3}     # syslog info / err
+SEVERITY = {State.DONE: 6, State.FAILED: 3}     # syslog info / err
 # A body that is not plain short ASCII lines gets quoted-printable, so no server needs 8BITMIME.
 MAIL_POLICY = email_policy.default.clone(cte_type="7bit")
 _CONTROL = {c: " " for c in range(32)} | {127: " "}
@@ -101,10 +106,15 @@ class Notifier:
         self._thread = threading.Thread(target=self._drain, name="notifier", daemon=True)
         self._thread.start()
 
+    def on_ended(self, ended: "Ended") -> None:
+        """The after-outcome hook: a job that ended for good is reported."""
+        if ended.stored is not None and ended.stored.is_final:
+            self.job_ended(ended.config, ended.stored)
+
     def job_ended(self, job_cfg: JobConfig, row: JobRow) -> None:
-        """on_final: queue one notification per target; never blocks, never raises."""
+        """Queue one notification per target; never blocks, never raises."""
         try:
-            targets = {"done": job_cfg.notify_success, "failed": job_cfg.notify_fail}.get(row.state, ())
+            targets = {State.DONE: job_cfg.notify_success, State.FAILED: job_cfg.notify_fail}.get(row.state, ())
             for target in targets:
                 self._enqueue(Notification(target, row))
         except Exception:  # noqa: BLE001 - a report must never break job processing

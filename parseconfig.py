@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
 from module_loader import job_name_problem
+from upqerrors import ConfigError
+
+__all__ = ["ConfigError", "Config", "JobConfig", "load_config"]
 
 # Every default lives here, once.
 DEFAULT_SOCKET_MODE = 0o660
@@ -123,15 +126,6 @@ class Config:
     def enabled_jobs(self) -> dict[str, JobConfig]:
         """The job types upq loads and serves."""
         return {name: job for name, job in self.jobs.items() if job.enabled}
-
-
-class ConfigError(Exception):
-    """One or more problems in a config file; str() lists them, one per line."""
-
-    def __init__(self, problems: list[str], partial: "Config | None" = None):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-        self.partial = partial      # what did load, for --check-config to go on checking jobs
 
 
 def load_config(path: str) -> Config:

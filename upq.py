@@ -12,17 +12,22 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from module_loader import ModuleLoadError, load_job_class
-from parseconfig import Config, ConfigError, load_config
+from module_loader import load_job_class
+from parseconfig import Config, load_config
+from upqerrors import ConfigError, DatabaseUnavailable, ModuleLoadError, StartupError
 from upqjob import UpqJob
 
+if TYPE_CHECKING:
+    from notify import Notifier
+    from upqdb import Database
+    from upqengine import NodeNameLock
+    from upqnodes import NodeKeeper
+    from upqqueuemngr import QueueManager
+    from upqserver import UpqServer
+
 VERSION = "0.1.0"
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; str() is the message for the terminal."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -57,17 +62,26 @@ def default_node_name(config: Config) -> str:
 
 @dataclass
 class Daemon:
-    """The running pieces, built once here and passed to whoever needs them."""
+    """What prepare() makes before detaching: the config, the job classes, the log, the bound
+    sockets and the database (schema checked, no connection open). The main thread owns it."""
     config: Config
     classes: dict[str, type[UpqJob]]
     log: logging.Logger
-    db: Any = None
-    manager: Any = None
-    servers: list[Any] = field(default_factory=list)
-    keeper: Any = None
-    reload_lock: threading.Lock = field(default_factory=threading.Lock)
-    notifier: Any = None
+    listeners: list[socket.socket] = field(default_factory=list)
+    db: "Database | None" = None
     pidfile: str | None = None      # --daemon: removed by _exit_now too (atexit does not run)
+
+
+@dataclass(frozen=True)
+class Running:
+    """What start() builds after detaching, once, in order."""
+    db: "Database"
+    name_lock: "NodeNameLock"
+    notifier: "Notifier"
+    manager: "QueueManager"
+    keeper: "NodeKeeper"
+    servers: "list[UpqServer]"
+    reloader: "Reloader"
 
 
 def prepare(d: Daemon) -> None:
@@ -75,8 +89,8 @@ def prepare(d: Daemon) -> None:
     the socket (a live one is never stolen), the TCP listener and the database schema."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from upqdb import Database, DatabaseUnavailable
-    from upqserver import UpqTCPServer, UpqUnixServer, socket_in_use
+    from upqdb import Database
+    from upqserver import bind_tcp, bind_unix, socket_in_use
 
     config, log = d.config, d.log
     path = config.paths.socket
@@ -88,87 +102,106 @@ def prepare(d: Daemon) -> None:
             raise StartupError(f"another upq is already serving on {path}; not starting a second one")
         log.info("removing stale socket file %s", path)
         os.unlink(path)
-    d.db = Database(config.db.url, log, config.db.durability)
+    db = Database(config.db.url, log, config.db.durability)
     try:
-        d.db.create_schema()
+        db.create_schema()
     except (SQLAlchemyError, DatabaseUnavailable) as exc:
         log.error("cannot open the database %s: %s", _safe_url(config.db.url), exc)
         raise StartupError(f"cannot open the database [db] url = {_safe_url(config.db.url)}: "
                            f"{getattr(exc, 'orig', None) or exc}") from exc
     finally:
-        d.db.dispose()          # no connection may cross a fork (--daemon)
+        db.dispose()          # no connection may cross a fork (--daemon)
+    d.db = db
     srv = config.server
     try:
-        d.servers.append(UpqUnixServer(path, None, max_connections=srv.max_connections,  # type: ignore[arg-type]
-                                       idle_timeout=srv.idle_timeout, socket_mode=srv.socket_mode,
-                                       socket_group=srv.socket_group, logger=log))
+        d.listeners.append(bind_unix(path, srv.socket_mode, srv.socket_group))
     except KeyError:
         raise StartupError(f"[server] socket_group = {srv.socket_group}: no such group") from None
     except OSError as exc:
         raise StartupError(f"cannot listen on [paths] socket = {path}: {exc.strerror or exc}") from exc
     if srv.listen:
         try:
-            d.servers.append(UpqTCPServer(srv.listen, srv.token, None,  # type: ignore[arg-type]
-                                          max_connections=srv.max_connections,
-                                          idle_timeout=srv.idle_timeout, logger=log))
+            d.listeners.append(bind_tcp(srv.listen))
         except OSError as exc:
             raise StartupError(f"cannot listen on [server] listen = {srv.listen}: {exc.strerror or exc}") from exc
 
 
-def start(d: Daemon) -> None:
-    """Start the writer, recover this node's jobs, start workers; connections get answered."""
+def start(d: Daemon) -> Running:
+    """Build the daemon's pieces in order and start them: the writer, the node name, this
+    node's jobs recovered, the notifier, the workers, the heartbeat; then connections are served."""
     from notify import Notifier, smtp_warnings
+    from upqcommands import Dispatcher
+    from upqcontrol import Completions, Control
+    from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
-    from upqserver import Protocol
+    from upqserver import UpqServer
+    from upqsubmit import Submitter
 
-    node = default_node_name(d.config)
-    d.db.start()
-    d.keeper = NodeKeeper(d.db, node, d.config.server.node_timeout, d.log,
-                          on_requeue=lambda: d.manager.wake_all(),
-                          on_cancel=lambda ids: d.manager.flag_cancelled(ids),
-                          on_peers=lambda n: d.manager.set_peers(n))
-    d.keeper.register()
-    recovered = d.db.requeue_orphans(node)
+    config, log, db = d.config, d.log, d.db
+    assert db is not None, "prepare() opens the database"
+    node = default_node_name(config)
+    srv = config.server
+    db.start()
+    for warning in smtp_warnings(config):
+        log.warning("%s", warning)
+    notifier = Notifier(config.mail, config.notify, log, socket.gethostname())
+    completions = Completions()
+    manager = QueueManager(config, db, d.classes, log, node, hooks=[completions.on_ended, notifier.on_ended])
+    control = Control(manager, db, completions, srv.poll_interval)
+    submitter = Submitter(manager, db, control.wait)
+    reloader = Reloader(d, manager)
+    dispatcher = Dispatcher(submitter, control, manager, reloader.reload)
+    servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
+                         logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
+               for sock in d.listeners]
+    name_lock = NodeNameLock(config.db.url, db.read_engine)
+    keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
+                        on_cancel=control.flag_cancelled, on_peers=manager.set_peers)
+    keeper.register()
+    recovered = db.requeue_orphans(node)
     if recovered:
-        d.log.warning("re-queued %d job(s) that this node left running", recovered)
-    for warning in smtp_warnings(d.config):
-        d.log.warning("%s", warning)
-    d.notifier = Notifier(d.config.mail, d.config.notify, d.log, socket.gethostname())
-    d.notifier.start()
-    d.manager = QueueManager(d.config, d.db, d.classes, d.log, node, on_final=d.notifier.job_ended)
-    protocol = Protocol(d.manager, d.log, reload=lambda: reload(d))
-    for server in d.servers:
-        server.protocol = protocol
-    d.manager.start()
-    d.keeper.start()
+        log.warning("re-queued %d job(s) that this node left running", recovered)
+    notifier.start()
+    manager.start(host=submitter)
+    keeper.start()
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
 
 
-def reload(d: Daemon) -> list[str]:
-    """SIGHUP / `reload`: apply [job] changes and reopen the log; a bad config keeps the old one."""
-    from log import reopen_logs, setup_logging
+class Reloader:
+    """SIGHUP / `reload`: apply [job] changes and reopen the log; a bad config keeps the old one.
+    Runs on the main thread (SIGHUP) or a connection's (`reload`), one at a time."""
 
-    with d.reload_lock:
-        try:
-            config = load_config(d.config.path)
-            classes, problems = load_jobs(config)
-            if problems:
-                raise ConfigError(problems)
-        except ConfigError as exc:
-            d.log.error("reload: the config does not load; keeping the running one:\n%s", exc)
-            raise
-        if config.logging != d.config.logging:
-            d.log = setup_logging(config.logging, source=config.path)
-        else:
-            for problem in reopen_logs(d.log):
-                d.log.error("reload: %s", problem)
-        for what in _needs_restart(d.config, config):
-            d.log.warning("reload: %s changed; that takes effect at the next restart", what)
-        changes = d.manager.reconfigure(config, classes)
-        d.classes = classes
-        d.config = config
-        d.log.info("reloaded %s: %s", config.path, "; ".join(changes) or "no job changes")
-        return changes
+    def __init__(self, d: Daemon, manager: "QueueManager"):
+        self.d = d
+        self.manager = manager
+        self._lock = threading.Lock()
+
+    def reload(self) -> list[str]:
+        from log import reopen_logs, setup_logging
+
+        d = self.d
+        with self._lock:
+            try:
+                config = load_config(d.config.path)
+                classes, problems = load_jobs(config)
+                if problems:
+                    raise ConfigError(problems)
+            except ConfigError as exc:
+                d.log.error("reload: the config does not load; keeping the running one:\n%s", exc)
+                raise
+            if config.logging != d.config.logging:
+                d.log = setup_logging(config.logging, source=config.path)
+            else:
+                for problem in reopen_logs(d.log):
+                    d.log.error("reload: %s", problem)
+            for what in _needs_restart(d.config, config):
+                d.log.warning("reload: %s changed; that takes effect at the next restart", what)
+            changes = self.manager.reconfigure(config, classes)
+            d.classes = classes
+            d.config = config
+            d.log.info("reloaded %s: %s", config.path, "; ".join(changes) or "no job changes")
+            return changes
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
@@ -223,15 +256,15 @@ class Signals:
         return self
 
 
-def serve(d: Daemon, sigs: Signals) -> int:
+def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     """Serve until SIGTERM/SIGINT (SIGHUP reloads); then stop accepting, give running jobs the grace."""
     signals, wake_r = sigs.pending, sigs.wake_r
-    for server in d.servers:
+    for server in r.servers:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                         name=f"server-{type(server).__name__}", daemon=True).start()
+                         name=f"server-{server.socket.family.name}", daemon=True).start()
     d.log.info("upq %s serving on %s, jobs: %s", VERSION,
                " and ".join([d.config.paths.socket] + ([d.config.server.listen] if d.config.server.listen else [])),
-               ", ".join(sorted(d.manager.types)) or "none")
+               ", ".join(sorted(r.manager.types)) or "none")
     sd_notify("READY=1")
     while True:
         select.select([wake_r], [], [], 5.0)
@@ -240,7 +273,7 @@ def serve(d: Daemon, sigs: Signals) -> int:
         while signals and signals[0] == signal.SIGHUP:
             signals.pop(0)
             try:
-                reload(d)
+                r.reloader.reload()
             except ConfigError:
                 pass
         if signals:
@@ -250,17 +283,18 @@ def serve(d: Daemon, sigs: Signals) -> int:
                signal.Signals(signals[0]).name, d.config.server.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: _exit_now(d.log, pidfile=d.pidfile))
-    for server in d.servers:
+    for server in r.servers:
         server.shutdown()
         server.server_close()
     _unlink(d.config.paths.socket)
-    all_ended = d.manager.stop(d.config.server.shutdown_grace)
-    d.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
+    all_ended = r.manager.stop(d.config.server.shutdown_grace)
+    r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
     if not all_ended:
         d.log.warning("jobs still running after %ss; they will run again at the next start",
                       d.config.server.shutdown_grace)
-    d.keeper.stop()
-    d.db.close()            # the writer commits every outcome queued so far, then stops
+    r.keeper.stop()
+    r.db.close()            # the writer commits every outcome queued so far, then stops
+    r.name_lock.close()     # only now may another daemon take this node's name
     d.log.info("stopped")
     # a job may have left threads behind (non-daemon ones too): do not wait for them
     _exit_now(d.log, 0, pidfile=d.pidfile, why="")
@@ -298,7 +332,7 @@ def detach(d: Daemon, pidfile: str | None) -> None:
         if not os.access(os.path.dirname(pidfile), os.W_OK):
             raise StartupError(f"--pidfile {pidfile}: its folder is missing or not writable")
         lock = daemon.pidfile.TimeoutPIDLockFile(pidfile, acquire_timeout=1)
-    keep: list[Any] = [s.fileno() for s in d.servers]
+    keep: list[Any] = [s.fileno() for s in d.listeners]
     for handler in d.log.handlers:
         for attr in ("stream", "socket"):
             obj = getattr(handler, attr, None)
@@ -370,20 +404,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.daemon:
             detach(d, args.pidfile)
     except StartupError as exc:
-        for server in d.servers:
-            server.server_close()
-        if d.servers:
+        for sock in d.listeners:
+            sock.close()
+        if d.listeners:
             _unlink(config.paths.socket)
         print(f"upq: cannot start: {exc}", file=sys.stderr)
         return 1
     sigs = Signals().install()      # before start: a SIGHUP meanwhile must not kill us
     try:
-        start(d)
+        running = start(d)
     except Exception as exc:  # noqa: BLE001 - after detaching, the log is the only witness
         log.error("cannot start: %s", exc)
         print(f"upq: cannot start: {exc}", file=sys.stderr)
         return 1
-    return serve(d, sigs)
+    return serve(d, running, sigs)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ class Retry:
 
 
 class JobHost(Protocol):
-    """What a job may ask of the daemon; implemented by upqqueuemngr.QueueManager."""
+    """What a job may ask of the daemon; implemented by upqsubmit.Submitter."""
 
     def enqueue_from_check(self, job: "UpqJob") -> int: ...
 

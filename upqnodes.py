@@ -16,21 +16,20 @@ import threading
 import time
 from typing import Callable
 
-from upqdb import Database, DatabaseUnavailable
-
-
-class NodeNameTaken(Exception):
-    """Another live daemon uses this node name."""
+from upqdb import Database
+from upqengine import NodeNameLock
+from upqerrors import DatabaseUnavailable, NodeNameTaken
 
 
 class NodeKeeper:
     """Registers, heartbeats and reaps; one per daemon."""
 
-    def __init__(self, db: Database, node: str, timeout: float, logger: logging.Logger,
-                 on_requeue: Callable[[], None] = lambda: None,
+    def __init__(self, db: Database, name_lock: NodeNameLock, node: str, timeout: float,
+                 logger: logging.Logger, on_requeue: Callable[[], None] = lambda: None,
                  on_cancel: Callable[[list[int]], None] = lambda ids: None,
                  on_peers: Callable[[int], None] = lambda n: None):
         self.db = db
+        self.name_lock = name_lock
         self.node = node
         self.timeout = timeout
         self.log = logger
@@ -45,10 +44,10 @@ class NodeKeeper:
         """Claim the node name; NodeNameTaken if a live daemon holds it."""
         taken = NodeNameTaken(f"[server] node_name {self.node!r} is in use by a live upq on this "
                               f"database; give this daemon another node_name")
-        if not self.db.hold_node_name(self.node):
+        if not self.name_lock.hold(self.node):
             raise taken
         seen = self.db.node_heartbeat(self.node)
-        if not self.db.is_sqlite and seen and seen[0] == "alive" and seen[2] < self.timeout:
+        if self.name_lock.can_drop_while_alive and seen and seen[0] == "alive" and seen[2] < self.timeout:
             # The lock was free but the name beat recently: its holder died a moment ago, or
             # it lives and only lost its lock connection. A live one keeps beating: look again.
             wait = 2.5 * self.interval
@@ -56,7 +55,7 @@ class NodeKeeper:
             time.sleep(wait)
             again = self.db.node_heartbeat(self.node)
             if again and again[1] != seen[1]:
-                self.db.release_node_name()
+                self.name_lock.release()
                 raise taken
         old = self.db.register_node(self.node, socket.gethostname(), os.getpid())
         if old and old["state"] == "alive":
@@ -83,7 +82,7 @@ class NodeKeeper:
     def beat(self) -> None:
         """One heartbeat and one look for dead nodes; never raises."""
         try:
-            if not self.db.node_name_still_held():
+            if not self.name_lock.still_held():
                 # keep beating: the newcomer sees this node is alive and gives the name back
                 self.log.error("node name %r: its lock connection was cut and another daemon "
                                "holds the lock now; retrying", self.node)

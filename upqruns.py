@@ -17,7 +17,8 @@ from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from groupcommit import Batchable, MergeMismatch
-from upqschema import JobRow, Outcome, RetryPolicy, cap_msg, encode_result, jobs, row_from, utcnow
+from upqschema import JobRow, cap_msg, encode_result, jobs, row_from, utcnow
+from upqstates import FINAL, Outcome, RetryPolicy, State, after_run
 
 CANCELLED_BEFORE_RUN = "cancelled before it ran"
 
@@ -25,7 +26,7 @@ CANCELLED_BEFORE_RUN = "cancelled before it ran"
 # b_attempts); a flagged cancel makes it miss.
 _OUTCOME = dict(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
                 finished=bindparam("finished"))
-_RUN_FENCE = (jobs.c.state == "running", jobs.c.node == bindparam("b_node"), jobs.c.cancel_requested == 0)
+_RUN_FENCE = (jobs.c.state == State.RUNNING, jobs.c.node == bindparam("b_node"), jobs.c.cancel_requested == 0)
 _FINISH = (update(jobs)
            .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.attempts == bindparam("b_attempts"), *_RUN_FENCE)
            .values(**_OUTCOME))
@@ -38,8 +39,8 @@ _FINISH_ALIKE = (update(jobs)
                  .values(**_OUTCOME))
 
 # A leased job's start (b_now), fenced on its lease (b_node); one job (b_jobid) or many (b_ids).
-_STARTED = dict(state="running", attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None)
-_LEASE_FENCE = (jobs.c.state == "leased", jobs.c.node == bindparam("b_node"))
+_STARTED = dict(state=State.RUNNING, attempts=jobs.c.attempts + 1, started=bindparam("b_now"), finished=None)
+_LEASE_FENCE = (jobs.c.state == State.LEASED, jobs.c.node == bindparam("b_node"))
 _START = update(jobs).where(jobs.c.jobid == bindparam("b_jobid"), *_LEASE_FENCE).values(**_STARTED)
 _START_MANY = (update(jobs).where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), *_LEASE_FENCE)
                .values(**_STARTED))
@@ -53,7 +54,7 @@ _DUE_RANGES = ((jobs.c.run_after.is_not(None) & (jobs.c.run_after <= bindparam("
 
 def _picks(*columns: Any) -> tuple[Any, ...]:
     return tuple(select(*columns)
-                 .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == "new", due)
+                 .where(jobs.c.jobname == bindparam("b_name"), jobs.c.state == State.NEW, due)
                  .order_by(*order, jobs.c.jobid).limit(bindparam("b_limit"))
                  for due, order in _DUE_RANGES)
 
@@ -64,7 +65,7 @@ _PICK_ROWS_MYSQL = tuple(pick.with_for_update(skip_locked=True) for pick in _pic
 
 def _claim_update(*where: Any, lease: bool) -> Any:
     if lease:       # reserved for this node (b_node); attempts and started change when one starts
-        return update(jobs).where(*where).values(state="leased", node=bindparam("b_node"), cancel_requested=0)
+        return update(jobs).where(*where).values(state=State.LEASED, node=bindparam("b_node"), cancel_requested=0)
     return update(jobs).where(*where).values(node=bindparam("b_node"), cancel_requested=0, **_STARTED)
 
 
@@ -72,9 +73,11 @@ _CLAIM_SQLITE = {(lease, i): _claim_update(jobs.c.jobid.in_(pick), lease=lease).
                  for lease in (False, True) for i, pick in enumerate(_PICKS)}
 
 
-def _is_final(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> bool:
-    """The run's outcome ends the job (no retry due): one fenced UPDATE records it."""
-    return outcome.state == "done" or (outcome.state == "failed" and policy.next_delay(row.retries_used) is None)
+def _final_state(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> State | None:
+    """The state the outcome ends the job in, unless a cancel was asked meanwhile (then the
+    fenced UPDATE misses); None when the job runs again. One fenced UPDATE records a final one."""
+    state = after_run(outcome, row.retries_used, False, policy).state
+    return state if state in FINAL else None
 
 
 def _finish_args(row: JobRow, node: str, state: str, msg: str, result: str | None,
@@ -108,9 +111,10 @@ class FinishRun(Batchable):
         results: list[Any] = [None] * len(ops)
         args, fast = [], []
         for i, op in enumerate(ops):
-            if _is_final(op.outcome, op.row, op.policy):
+            state = _final_state(op.outcome, op.row, op.policy)
+            if state is not None:
                 msg, result = cap_msg(op.outcome.msg), encode_result(op.outcome.result)
-                args.append(_finish_args(op.row, op.node, op.outcome.state, msg, result, now))
+                args.append(_finish_args(op.row, op.node, state, msg, result, now))
                 fast.append(i)
             else:
                 results[i] = op(conn)
@@ -171,12 +175,12 @@ def release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
     """Leased rows matching `where` are queued again, or cancelled if a cancel was asked
     meanwhile. `crashed`: their daemon died, and a worker may have begun one whose start
     was not committed yet, so `attempts` counts one up (it never undercounts runs started)."""
-    conn.execute(update(jobs).where(jobs.c.state == "leased", jobs.c.cancel_requested == 1, *where)
-                 .values(state="cancelled", finished=utcnow(), msg=CANCELLED_BEFORE_RUN))
-    values: dict[str, Any] = dict(state="new", node=None)
+    conn.execute(update(jobs).where(jobs.c.state == State.LEASED, jobs.c.cancel_requested == 1, *where)
+                 .values(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN))
+    values: dict[str, Any] = dict(state=State.NEW, node=None)
     if crashed:
         values["attempts"] = jobs.c.attempts + 1
-    return conn.execute(update(jobs).where(jobs.c.state == "leased", *where).values(**values)).rowcount
+    return conn.execute(update(jobs).where(jobs.c.state == State.LEASED, *where).values(**values)).rowcount
 
 
 def claim_rows(conn: Connection, jobname: str, limit: int, node: str, skip: tuple[int, ...],
@@ -207,8 +211,8 @@ def _claim_range(conn: Connection, i: int, jobname: str, limit: int, node: str, 
         return []
     conn.execute(_claim_update(jobs.c.jobid.in_([r.jobid for r in locked]), lease=lease), args)
     if lease:
-        return [dataclasses.replace(r, state="leased", node=node) for r in locked]
-    return [dataclasses.replace(r, state="running", attempts=r.attempts + 1, started=now,
+        return [dataclasses.replace(r, state=State.LEASED, node=node) for r in locked]
+    return [dataclasses.replace(r, state=State.RUNNING, attempts=r.attempts + 1, started=now,
                                 finished=None, node=node) for r in locked]
 
 
@@ -216,13 +220,14 @@ def record_outcome(conn: Connection, row: JobRow, outcome: Outcome, node: str, p
                    db_now: Callable[[Connection], dt.datetime]) -> JobRow | None:
     """Write how a run ended, fenced on jobid, state, attempt and node; None if fenced out."""
     msg, result = cap_msg(outcome.msg), encode_result(outcome.result)
-    if _is_final(outcome, row, policy):
+    state = _final_state(outcome, row, policy)
+    if state is not None:
         # the common case: one fenced statement, no read back
         now = utcnow()
-        res = conn.execute(_FINISH, _finish_args(row, node, outcome.state, msg, result, now))
+        res = conn.execute(_FINISH, _finish_args(row, node, state, msg, result, now))
         if res.rowcount == 1:
-            return _ended_row(row, outcome.state, msg, result, now)
-    fence = (jobs.c.jobid == row.jobid, jobs.c.state == "running",
+            return _ended_row(row, state, msg, result, now)
+    fence = (jobs.c.jobid == row.jobid, jobs.c.state == State.RUNNING,
              jobs.c.attempts == row.attempts, jobs.c.node == node)
     # locked while we look (MySQL), so a cancel from another daemon cannot slip in between
     look = select(jobs.c.cancel_requested, jobs.c.retries_used).where(*fence).with_for_update()
@@ -235,14 +240,11 @@ def record_outcome(conn: Connection, row: JobRow, outcome: Outcome, node: str, p
     if cur is None:
         return None
     now = db_now(conn)
-    values: dict[str, Any] = {"msg": msg, "result": result, "state": outcome.state, "finished": now}
-    delay = policy.next_delay(cur.retries_used) if outcome.state == "failed" else None
-    if cur.cancel_requested:
-        values["state"] = "cancelled"
-    elif outcome.state == "retry":
-        values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=outcome.delay))
-    elif delay is not None:
-        values.update(state="new", finished=None, run_after=now + dt.timedelta(seconds=delay),
-                      retries_used=cur.retries_used + 1)
+    step = after_run(outcome, cur.retries_used, bool(cur.cancel_requested), policy)
+    values: dict[str, Any] = {"msg": msg, "result": result, "state": step.state, "finished": now}
+    if step.delay is not None:
+        values.update(finished=None, run_after=now + dt.timedelta(seconds=step.delay))
+    if step.uses_retry:
+        values["retries_used"] = cur.retries_used + 1
     conn.execute(update(jobs).where(*fence).values(**values))
     return row_from(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())

@@ -1,6 +1,7 @@
 """What upq stores: the tables, a job row as a value, and the rules for stored values.
 
-Plain data and pure functions; the SQL that changes rows lives in upqdb.py.
+Plain data and pure functions; the SQL that changes rows lives in upqdb.py and
+upqruns.py, the states and their rules in upqstates.py.
 """
 from __future__ import annotations
 
@@ -12,19 +13,11 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects import mysql
 
+from upqstates import is_final
+
 SCHEMA_VERSION = 1
 MAX_MSG_CHARS = 4000            # msg is a short text; longer ones are cut (documented)
 MAX_RESULT_CHARS = 1_000_000    # a result's JSON beyond this is replaced by an error note
-STATES_FINAL = ("done", "failed", "cancelled")
-# Internal states, both shown as "new": "held", stored by enqueue_job() inside check() and
-# not yet accepted; "leased", reserved by the daemon in `node` to start soon (see upqdb.claim).
-STATES_QUEUED = ("new", "held", "leased")
-STATES = ("held", "leased", "new", "running") + STATES_FINAL
-
-
-def shown_state(state: str) -> str:
-    """The state as clients see it: the internal queued states are all "new"."""
-    return "new" if state in STATES_QUEUED else state
 
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
 _Time = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -94,45 +87,7 @@ class JobRow:
 
     @property
     def is_final(self) -> bool:
-        return self.state in STATES_FINAL
-
-    def to_json(self) -> dict[str, Any]:
-        """The job as clients see it (SPEC: the job JSON)."""
-        return {
-            "jobid": self.jobid, "jobname": self.jobname,
-            "state": shown_state(self.state),
-            "params": self.params, "msg": self.msg, "result": self.result,
-            "attempts": self.attempts, "created": iso(self.created),
-            "started": iso(self.started), "finished": iso(self.finished),
-            "run_after": iso(self.run_after), "node": self.node, "parent": self.parent,
-        }
-
-    @property
-    def wait_answer(self) -> str:
-        """`wait` answers ACK only for done."""
-        return "ACK" if self.state == "done" else "ERR"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one run ended."""
-    state: str                  # done | failed | cancelled | retry (the job asked to run again)
-    msg: str = ""
-    result: Any = None
-    delay: float = 0.0          # retry only: seconds before the next attempt
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """A job type's retries: failed attempt k (1-based) waits delay * 2**(k-1) seconds."""
-    retries: int = 0
-    delay: float = 30.0
-
-    def next_delay(self, retries_used: int) -> float | None:
-        """Seconds until the next try, or None when the budget is spent."""
-        if retries_used >= self.retries:
-            return None
-        return self.delay * 2 ** retries_used
+        return is_final(self.state)
 
 
 def utcnow() -> dt.datetime:

@@ -319,3 +319,57 @@ def shared_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {dbname}"))
             admin.dispose()
         shutil.rmtree(d, ignore_errors=True)
+
+
+class InProcess:
+    """upq's core built in this process on a temp SQLite file, as upq.start() wires it, without
+    sockets or heartbeat: for tests of the queue, the manager and the commands."""
+
+    def __init__(self, workdir: Path):
+        import logging
+
+        from upqdb import Database
+        self.dir = workdir
+        self.log = logging.getLogger(f"upq.inprocess.{workdir.name}")
+        self.db = Database(f"sqlite:///{workdir / 'upq.db'}", self.log)
+        self.db.create_schema()
+        self.db.start()
+        self.manager = None
+        jobs_dir = workdir / "jobs"
+        jobs_dir.mkdir(exist_ok=True)
+        for src in list((ROOT / "jobs").glob("*.py")) + list(TEST_JOBS.glob("*.py")):
+            shutil.copy(src, jobs_dir / src.name)
+
+    def start(self, jobs: dict[str, dict[str, str]], node: str = "inproc"):
+        """Load a config with these [job] sections and start the manager's workers."""
+        from module_loader import load_job_class
+        from parseconfig import load_config
+        from upqcontrol import Completions, Control
+        from upqqueuemngr import QueueManager
+        from upqsubmit import Submitter
+        sections = "".join(f"[job {name}]\nenabled = true\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
+                           for name, opts in jobs.items())
+        cfg = self.dir / "upq.cfg"
+        cfg.write_text(f"[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\nrecords = ./records.log\n"
+                       f"[db]\nurl = sqlite:///./upq.db\n[server]\npoll_interval = 0.1\n{sections}")
+        self.config = load_config(str(cfg))
+        classes = {name: load_job_class(self.config.paths.jobs_dir, name) for name in jobs}
+        self.completions = Completions()
+        self.manager = QueueManager(self.config, self.db, classes, self.log, node,
+                                    hooks=[self.completions.on_ended])
+        self.control = Control(self.manager, self.db, self.completions, 0.1)
+        self.submitter = Submitter(self.manager, self.db, self.control.wait)
+        self.manager.start(host=self.submitter)
+        return self
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.stop(5)
+        self.db.close()
+
+
+@pytest.fixture
+def inproc(workdir: Path) -> Iterator[InProcess]:
+    core = InProcess(workdir)
+    yield core
+    core.close()
