@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
+from inifile import BadValue, host_port, octal_mode, port_number, read_ini, syslog_address
 from module_loader import job_name_problem
 from upqerrors import ConfigError
 
@@ -130,7 +131,7 @@ class Config:
 
 def load_config(path: str) -> Config:
     """Read and check the whole file at once, so one run lists every problem."""
-    parser, problems = _read_ini(path)
+    parser, problems = read_ini(path)
     if parser is None:
         raise ConfigError(problems)
     loader = _Loader(path, problems)
@@ -152,55 +153,7 @@ _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeo
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
 _SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify"}
 _SQLITE_RELATIVE_RE = re.compile(r"^(sqlite(?:\+\w+)?:///)(\./.*)$")
-_HEADER_RE = re.compile(r"^\s*\[(.+)\]")
-# A ";" or "#" after whitespace starts an inline comment, silently cutting a target list.
-_CUT_TARGETS_RE = re.compile(r"^\s*(notify_fail|notify_success)\s*[=:].*\s[;#]\s*(mail|syslog)\b", re.I)
-
 T = TypeVar("T")
-
-
-def _read_ini(path: str) -> tuple[configparser.ConfigParser | None, list[str]]:
-    """Parse the ini syntax; a file that cannot be read or parsed gets a clear line."""
-    # A private default section makes a stray [DEFAULT] an ordinary, unknown section
-    # instead of keys silently copied into every other section.
-    parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=(";", "#"), default_section="\0default"
-    )
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        return None, [f"{path}: cannot read config: {exc.strerror or exc}"]
-    except UnicodeDecodeError as exc:
-        return None, [f"{path}: cannot read config: not UTF-8 ({exc.reason} at byte {exc.start})"]
-    lines = text.splitlines()
-    try:
-        parser.read_string(text, source=path)
-    except configparser.MissingSectionHeaderError as exc:
-        return None, [f"{path}: line {exc.lineno}: a [section] header must come first, got {exc.line.strip()!r}"]
-    except configparser.DuplicateSectionError as exc:
-        return None, [f"{path}: line {exc.lineno}: [{exc.section}] appears twice"]
-    except configparser.DuplicateOptionError as exc:
-        return None, [f"{path}: line {exc.lineno}: [{exc.section}] {exc.option}: appears twice"]
-    except configparser.ParsingError as exc:
-        return None, [f"{path}: line {n}: expected 'key = value', got {lines[n - 1].strip()!r}"
-                      for n, _ in exc.errors]
-    except configparser.Error as exc:
-        return None, [f"{path}: {' '.join(str(exc).split())}"]
-    return parser, _cut_target_lists(path, text)
-
-
-def _cut_target_lists(path: str, text: str) -> list[str]:
-    """Catch 'syslog ; mail x@y' where configparser took '; mail x@y' for a comment."""
-    problems, section = [], ""
-    for number, line in enumerate(text.splitlines(), 1):
-        if header := _HEADER_RE.match(line):
-            section = header.group(1).strip()
-        elif cut := _CUT_TARGETS_RE.match(line):
-            problems.append(f"{path}: [{section}] {cut.group(1).lower()}: line {number}: a space before "
-                            f"';' or '#' starts a comment and drops the targets after it; "
-                            f"write 'syslog; mail ...'")
-    return problems
 
 
 class _Loader:
@@ -273,12 +226,12 @@ class _Loader:
     def server_section(self, s: _Section) -> ServerConfig:
         s.reject_unknown(_SERVER_KEYS)
         d = ServerConfig()
-        listen = s.parsed("listen", "", _host_port, "expected host:port with a port 1..65535")
+        listen = s.parsed("listen", "", host_port, "expected host:port with a port 1..65535")
         token = s.text("token", d.token)
         if listen and not token:
             s.problem("token", "token is required when listen is set")
         return ServerConfig(
-            socket_mode=s.parsed("socket_mode", d.socket_mode, _octal_mode,
+            socket_mode=s.parsed("socket_mode", d.socket_mode, octal_mode,
                                  "expected an octal file mode like 0660"),
             socket_group=s.text("socket_group", d.socket_group),
             listen=listen,
@@ -297,7 +250,7 @@ class _Loader:
         d = MailConfig()
         return MailConfig(
             host=s.text("host", d.host),
-            port=s.parsed("port", d.port, _port, "expected a port number 1..65535"),
+            port=s.parsed("port", d.port, port_number, "expected a port number 1..65535"),
             sender=s.text("from", d.sender),
             starttls=s.boolean("starttls", d.starttls),
             username=s.text("username", d.username),
@@ -310,7 +263,7 @@ class _Loader:
         d = NotifyConfig()
         facilities = tuple(logging.handlers.SysLogHandler.facility_names)
         return NotifyConfig(
-            syslog_address=s.parsed("syslog_address", d.syslog_address, _syslog_address,
+            syslog_address=s.parsed("syslog_address", d.syslog_address, syslog_address,
                                     "expected an absolute socket path or host:port"),
             syslog_facility=s.choice("syslog_facility", d.syslog_facility, facilities),
         )
@@ -364,7 +317,7 @@ class _Section:
         try:
             return parse(raw)
         except ValueError as exc:
-            detail = f" ({exc})" if isinstance(exc, _BadValue) else ""
+            detail = f" ({exc})" if isinstance(exc, BadValue) else ""
             self.problem(key, f"{expected}, got {raw!r}{detail}")
             return default
 
@@ -405,10 +358,6 @@ class _Section:
 
 # ---------------------------------------------------------------- values
 
-class _BadValue(ValueError):
-    """A ValueError whose message is worth showing to the person editing the file."""
-
-
 _TARGETS_HELP = "expected 'syslog [tag]' or 'mail <address> ...', several separated by ';'"
 
 
@@ -422,47 +371,21 @@ def _notify_targets(raw: str) -> tuple[NotifyTarget, ...]:
         kind, rest = words[0].lower(), piece.strip()[len(words[0]):]
         if kind == "syslog":
             if len(words) > 2:
-                raise _BadValue(f"a syslog tag is one word: {piece.strip()!r}")
+                raise BadValue(f"a syslog tag is one word: {piece.strip()!r}")
             targets.append(NotifyTarget("syslog", tag=words[1] if len(words) == 2 else DEFAULT_SYSLOG_TAG))
         elif kind == "mail":
             addresses = tuple(a for a in re.split(r"[\s,]+", rest) if a)
             if not addresses:
-                raise _BadValue("mail needs at least one address")
+                raise BadValue("mail needs at least one address")
             for address in addresses:
                 if not _looks_like_address(address):
-                    raise _BadValue(f"{address!r} is not a mail address")
+                    raise BadValue(f"{address!r} is not a mail address")
             targets.append(NotifyTarget("mail", addresses=addresses))
         else:
-            raise _BadValue(f"unknown target {words[0]!r}")
+            raise BadValue(f"unknown target {words[0]!r}")
     return tuple(targets)
 
 
 def _looks_like_address(address: str) -> bool:
     local, at, domain = address.partition("@")
     return bool(at and local and domain and "@" not in domain)
-
-
-def _host_port(raw: str) -> str:
-    host, colon, port = raw.rpartition(":")
-    if not colon or not host.strip():
-        raise ValueError
-    _port(port)
-    return raw
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 65535:
-        raise ValueError
-    return value
-
-
-def _octal_mode(raw: str) -> int:
-    value = int(raw, 8)
-    if not 0 <= value <= 0o7777:
-        raise ValueError
-    return value
-
-
-def _syslog_address(raw: str) -> str:
-    return raw if raw.startswith("/") else _host_port(raw)

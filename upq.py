@@ -12,10 +12,11 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from module_loader import load_job_class
 from parseconfig import Config, load_config
+from upqdaemon import Signals, detach, exit_now, sd_notify, unlink
 from upqerrors import ConfigError, DatabaseUnavailable, ModuleLoadError, StartupError
 from upqjob import UpqJob
 
@@ -159,7 +160,7 @@ def start(d: Daemon) -> Running:
     keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
                         on_cancel=control.flag_cancelled, on_peers=manager.set_peers)
     keeper.register()
-    recovered = db.requeue_orphans(node)
+    recovered = db.nodes.requeue_orphans(node)
     if recovered:
         log.warning("re-queued %d job(s) that this node left running", recovered)
     notifier.start()
@@ -226,36 +227,6 @@ def _safe_url(url: str) -> str:
         return "<unparsable url>"
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) how we are; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError:
-        pass
-
-
-@dataclass
-class Signals:
-    """Signals only queue up here (and wake the main loop through a pipe); the loop acts."""
-    pending: list[int] = field(default_factory=list)
-    wake_r: int = -1
-
-    def install(self) -> "Signals":
-        self.wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _frame: self.pending.append(signum))
-        return self
-
-
 def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     """Serve until SIGTERM/SIGINT (SIGHUP reloads); then stop accepting, give running jobs the grace."""
     signals, wake_r = sigs.pending, sigs.wake_r
@@ -282,11 +253,11 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     d.log.info("signal %s: stopping (grace %ss); send it again to exit at once",
                signal.Signals(signals[0]).name, d.config.server.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _exit_now(d.log, pidfile=d.pidfile))
+        signal.signal(sig, lambda *_: exit_now(d.log, pidfile=d.pidfile))
     for server in r.servers:
         server.shutdown()
         server.server_close()
-    _unlink(d.config.paths.socket)
+    unlink(d.config.paths.socket)
     all_ended = r.manager.stop(d.config.server.shutdown_grace)
     r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
     if not all_ended:
@@ -297,71 +268,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     r.name_lock.close()     # only now may another daemon take this node's name
     d.log.info("stopped")
     # a job may have left threads behind (non-daemon ones too): do not wait for them
-    _exit_now(d.log, 0, pidfile=d.pidfile, why="")
+    exit_now(d.log, 0, pidfile=d.pidfile, why="")
     return 0
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _exit_now(log: logging.Logger, code: int = 0, pidfile: str | None = None,
-              why: str = "exiting now") -> None:
-    """Python cannot stop running threads: flush the log and leave (removing our pidfile,
-    which python-daemon's atexit release would have done)."""
-    if why:
-        log.warning(why)
-    if pidfile:
-        _unlink(pidfile)
-    logging.shutdown()
-    os._exit(code)
-
-
-def detach(d: Daemon, pidfile: str | None) -> None:
-    """--daemon: fork away from the terminal, keeping the sockets and log files open."""
-    import daemon
-    import daemon.pidfile
-
-    lock = None
-    if pidfile:
-        pidfile = os.path.abspath(pidfile)
-        _clear_stale_pidfile(pidfile, d.log)
-        if not os.access(os.path.dirname(pidfile), os.W_OK):
-            raise StartupError(f"--pidfile {pidfile}: its folder is missing or not writable")
-        lock = daemon.pidfile.TimeoutPIDLockFile(pidfile, acquire_timeout=1)
-    keep: list[Any] = [s.fileno() for s in d.listeners]
-    for handler in d.log.handlers:
-        for attr in ("stream", "socket"):
-            obj = getattr(handler, attr, None)
-            if obj is not None and hasattr(obj, "fileno"):
-                keep.append(obj.fileno())
-    ctx = daemon.DaemonContext(working_directory="/", umask=0o027, pidfile=lock,
-                               files_preserve=keep, signal_map={}, detach_process=True)
-    ctx.open()
-    d.pidfile = pidfile
-
-
-def _clear_stale_pidfile(path: str, log: logging.Logger) -> None:
-    """A pidfile left by kill -9 is replaced; one whose process lives stops the start."""
-    try:
-        pid = int(open(path).read().strip() or 0)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError):
-        pid = 0
-    if pid > 0:
-        try:
-            os.kill(pid, 0)
-            raise StartupError(f"--pidfile {path}: upq already runs as pid {pid}")
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            raise StartupError(f"--pidfile {path}: process {pid} is alive (not ours)") from None
-    log.warning("replacing stale pidfile %s (pid %s is gone)", path, pid or "unreadable")
-    os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,12 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(d)
         if args.daemon:
-            detach(d, args.pidfile)
+            d.pidfile = detach(d.listeners, log, args.pidfile)
     except StartupError as exc:
         for sock in d.listeners:
             sock.close()
         if d.listeners:
-            _unlink(config.paths.socket)
+            unlink(config.paths.socket)
         print(f"upq: cannot start: {exc}", file=sys.stderr)
         return 1
     sigs = Signals().install()      # before start: a SIGHUP meanwhile must not kill us

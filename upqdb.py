@@ -38,6 +38,7 @@ class Database:
         self.write_engine = make_engine(url, durability, writer=True)
         self.writer = Writer(self.write_engine, logger)
         self.clock = Clock(url)
+        self.nodes = NodeStore(self)
 
     def create_schema(self) -> None:
         create_schema(self.write_engine)
@@ -236,7 +237,20 @@ class Database:
             return State(cur.state), row_from(conn.execute(select(jobs).where(jobs.c.jobid == jobid)).one())
         return self.write(op)
 
-    # -- nodes (several daemons on one database) ---------------------------
+
+class NodeStore:
+    """The rows of upq_nodes, and what happens to a node's jobs when it dies: the storage
+    side of several daemons sharing one database (upqnodes.NodeKeeper drives it)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        return self.db.write(fn)
+
+    def db_now(self, conn: Connection, exact: bool = True) -> dt.datetime:
+        return self.db.db_now(conn, exact)
+
     def node_heartbeat(self, node: str) -> tuple[str, dt.datetime, float] | None:
         """(state, heartbeat, age in seconds by the database's clock) of a node, or None."""
         def op(conn: Connection) -> tuple[str, dt.datetime, float] | None:

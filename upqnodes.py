@@ -46,18 +46,18 @@ class NodeKeeper:
                               f"database; give this daemon another node_name")
         if not self.name_lock.hold(self.node):
             raise taken
-        seen = self.db.node_heartbeat(self.node)
+        seen = self.db.nodes.node_heartbeat(self.node)
         if self.name_lock.can_drop_while_alive and seen and seen[0] == "alive" and seen[2] < self.timeout:
             # The lock was free but the name beat recently: its holder died a moment ago, or
             # it lives and only lost its lock connection. A live one keeps beating: look again.
             wait = 2.5 * self.interval
             self.log.info("node %s beat %.1fs ago; waiting %.1fs to be sure it is gone", self.node, seen[2], wait)
             time.sleep(wait)
-            again = self.db.node_heartbeat(self.node)
+            again = self.db.nodes.node_heartbeat(self.node)
             if again and again[1] != seen[1]:
                 self.name_lock.release()
                 raise taken
-        old = self.db.register_node(self.node, socket.gethostname(), os.getpid())
+        old = self.db.nodes.register_node(self.node, socket.gethostname(), os.getpid())
         if old and old["state"] == "alive":
             self.log.info("node %s: taking over from an earlier run (pid %s) that did not stop cleanly",
                           self.node, old["pid"])
@@ -71,7 +71,7 @@ class NodeKeeper:
         self._stop.set()
         self._thread.join(timeout=5)
         try:
-            self.db.heartbeat(self.node, state="stopped")
+            self.db.nodes.heartbeat(self.node, state="stopped")
         except DatabaseUnavailable as exc:
             self.log.warning("could not mark node %s stopped: %s", self.node, exc)
 
@@ -86,7 +86,7 @@ class NodeKeeper:
                 # keep beating: the newcomer sees this node is alive and gives the name back
                 self.log.error("node name %r: its lock connection was cut and another daemon "
                                "holds the lock now; retrying", self.node)
-            before, peers = self.db.heartbeat(self.node)
+            before, peers = self.db.nodes.heartbeat(self.node)
             self.on_peers(peers)
             if before == "dead":
                 self.log.warning("node %s was declared dead (paused or cut off for over %gs); its "
@@ -95,7 +95,7 @@ class NodeKeeper:
             cancelled = self.db.cancel_requests(self.node)
             if cancelled:
                 self.on_cancel(cancelled)
-            for name, moved in self.db.reap_dead_nodes(self.node, self.timeout):
+            for name, moved in self.db.nodes.reap_dead_nodes(self.node, self.timeout):
                 self.log.warning("node %s is dead (no heartbeat for %gs): re-queued its %d running job(s)",
                                  name, self.timeout, moved)
                 if moved:

@@ -15,6 +15,7 @@ counted, and with `concurrent` of them alive the type stops claiming.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -82,6 +83,22 @@ class JobType:
             raise JobRejected(f"{self.cls.__name__}() raised {type(exc).__name__}: {exc}") from exc
 
 
+def log_outcome(log: logging.Logger, e: Ended) -> None:
+    """The after-outcome hook that logs: a failure, retry or loss at info or warning, done at debug."""
+    row, stored = e.row, e.stored
+    if e.error:
+        log.warning("job %d: outcome %s %s", row.jobid, e.outcome.kind, e.error)
+    elif stored is None:
+        log.warning("job %d: outcome %s discarded (the job was taken over)", row.jobid, e.outcome.kind)
+    elif stored.state == State.NEW:
+        log.info("job %s #%d attempt %d: %s; runs again after %s", row.jobname, row.jobid,
+                 row.attempts, e.outcome.msg, stored.run_after)
+    else:
+        # done is the hot path: at debug, so the log does not slow a busy daemon down
+        log.log(logging.DEBUG if stored.state == State.DONE else logging.WARNING,
+                "job %s #%d %s: %s", row.jobname, row.jobid, stored.state, stored.msg)
+
+
 def wanted_slots(config: JobConfig) -> int:
     """Worker threads of a type; an inline one keeps one for re-runs, retries and delayed jobs."""
     return max(1, config.concurrent)
@@ -97,8 +114,8 @@ class QueueManager:
         self.log = logger
         self.node = node
         self.runs = Runs()
-        self._hooks: tuple[Hook, ...] = (self._settle, self._wake_for_retry, self._log_outcome,
-                                         self._set_finished, *hooks)
+        self._hooks: tuple[Hook, ...] = (self._settle, self._wake_for_retry,
+                                         functools.partial(log_outcome, logger), self._set_finished, *hooks)
         self._classes = dict(job_classes)
         # published whole, never changed in place: readers on any thread take a snapshot;
         # the main thread (start, reconfigure, under upq's reload lock) writes it
@@ -312,20 +329,6 @@ class QueueManager:
             if jt is not None:
                 wait = (stored.run_after - utcnow()).total_seconds()
                 jt.queue.wake_at(time.monotonic() + max(0.0, wait))
-
-    def _log_outcome(self, e: Ended) -> None:
-        row, stored = e.row, e.stored
-        if e.error:
-            self.log.warning("job %d: outcome %s %s", row.jobid, e.outcome.kind, e.error)
-        elif stored is None:
-            self.log.warning("job %d: outcome %s discarded (the job was taken over)", row.jobid, e.outcome.kind)
-        elif stored.state == State.NEW:
-            self.log.info("job %s #%d attempt %d: %s; runs again after %s", row.jobname, row.jobid,
-                          row.attempts, e.outcome.msg, stored.run_after)
-        else:
-            # done is the hot path: at debug, so the log does not slow a busy daemon down
-            self.log.log(logging.DEBUG if stored.state == State.DONE else logging.WARNING,
-                         "job %s #%d %s: %s", row.jobname, row.jobid, stored.state, stored.msg)
 
     def _set_finished(self, e: Ended) -> None:
         if e.job is not None and e.stored is not None and e.stored.is_final:

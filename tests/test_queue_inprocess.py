@@ -83,7 +83,7 @@ def test_an_outcome_of_a_run_that_was_taken_over_is_fenced_out(inproc: InProcess
     q = queue(inproc)
     jobid = q.put_async({}).result(5)
     stale = q.get(leave_after(20))
-    assert inproc.db.requeue_orphans(NODE) == 1            # as after a crash: back to new
+    assert inproc.db.nodes.requeue_orphans(NODE) == 1            # as after a crash: back to new
     fresh = q.get(leave_after(20))
     assert (fresh.jobid, fresh.attempts) == (jobid, 2)
     policy = RetryPolicy()
@@ -100,7 +100,7 @@ def test_a_failed_run_with_retries_left_is_queued_again_with_its_delay(inproc: I
     row = q.get(leave_after(20))
     failed = Outcome(OutcomeKind.FAILED, "boom")
     stored = inproc.db.record_outcome_async(row, failed, NODE, RetryPolicy(1, 60), lambda: False).result(5)
-    assert stored.state == State.NEW and stored.retries_used == 1 and stored.msg == "boom"
+    assert stored.jobid == jobid and stored.state == State.NEW and stored.retries_used == 1 and stored.msg == "boom"
     assert stored.run_after is not None and stored.finished is None
     with pytest.raises(QueueStopped):
         q.get(leave_after(3))              # not due for a minute: not claimed
