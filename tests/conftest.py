@@ -10,10 +10,13 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+
+from helpers.records import AttemptsByJob, Run, attempt_times, attempts_by_job, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 UPQ = ROOT / "upq.py"
@@ -122,8 +125,12 @@ class Daemon:
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"upq exited with {self.proc.returncode}: {self.stderr()[-3000:]}")
+        return self.answers_ping()
+
+    def answers_ping(self, timeout: float = 2.0) -> bool:
+        """The socket answers `ping` (whoever started the process: also a detached daemon)."""
         try:
-            with Conn(self.socket, timeout=2) as c:
+            with Conn(self.socket, timeout=timeout) as c:
                 return c.ask("ping") == "ACK pong"
         except OSError:
             return False
@@ -133,6 +140,12 @@ class Daemon:
         self.proc.send_signal(sig)
         if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
             self.proc.wait(timeout=30)
+
+    def kill_if_running(self) -> None:
+        """Teardown: SIGKILL the process if it still runs, and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit status."""
@@ -189,10 +202,22 @@ class Daemon:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def read_records(self) -> list[list[str]]:
-        """Lines the `record` test job appended: [event, jobid, attempt, time]."""
+        """Lines the test jobs appended: [event, jobid, attempt, time] (tests/helpers/records.py)."""
         if not self.records.exists():
             return []
         return [line.split() for line in self.records.read_text().splitlines() if line.strip()]
+
+    def starts(self) -> AttemptsByJob:
+        """jobid -> the attempt numbers of its runs that started here, in order ([] for none)."""
+        return attempts_by_job(self.read_records())
+
+    def attempt_times(self, event: str, jobid: int) -> dict[int, float]:
+        """{attempt: time} of jobid's `event` records (`start`, `flaky`, `slowend`, ...)."""
+        return attempt_times(self.read_records(), event, jobid)
+
+    def runs(self) -> list[Run]:
+        """The record job's runs here, each start paired with its end."""
+        return runs(self.read_records(), self.dir.name)
 
 
 def _mysql_reachable(url: str) -> str | None:
@@ -218,21 +243,28 @@ def mysql_base_url() -> str:
     return MYSQL_URL
 
 
-@pytest.fixture
-def fresh_mysql_url(mysql_base_url: str) -> Iterator[str]:
-    """A database of its own for one test, dropped afterwards."""
+@contextmanager
+def _fresh_database(base_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on base_url's server, dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     name = f"upq_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(mysql_base_url)
+    admin = create_engine(base_url)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
     try:
-        yield make_url(mysql_base_url).set(database=name).render_as_string(hide_password=False)
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.begin() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_mysql_url(mysql_base_url: str) -> Iterator[str]:
+    """A database of its own for one test, dropped afterwards."""
+    with _fresh_database(mysql_base_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -248,6 +280,10 @@ def db_url(request: pytest.FixtureRequest, workdir: Path) -> str:
     if request.param == "sqlite":
         return "sqlite:///./upq.db"
     return request.getfixturevalue("fresh_mysql_url")
+
+
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+MYSQL_ONLY = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
 
 
 @pytest.fixture
@@ -274,9 +310,7 @@ def make_daemon(workdir: Path, db_url: str) -> Iterator[Callable[..., Daemon]]:
 
     yield factory
     for daemon in made:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(timeout=10)
+        daemon.kill_if_running()
 
 
 @pytest.fixture
@@ -293,31 +327,18 @@ def shared_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     empty" assumptions). Its job types are the module's `DAEMON_JOBS`, else
     DEFAULT_JOBS.
     """
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
     jobs = getattr(request.module, "DAEMON_JOBS", DEFAULT_JOBS)
     d = Path(tempfile.mkdtemp(prefix="upq-", dir="/tmp"))
-    admin, dbname, daemon = None, None, None
     try:
-        if request.param == "sqlite":
-            url = "sqlite:///./upq.db"
-        else:
-            base = request.getfixturevalue("mysql_base_url")
-            dbname = f"upq_t_{uuid.uuid4().hex[:12]}"
-            admin = create_engine(base)
-            with admin.begin() as conn:
-                conn.execute(text(f"CREATE DATABASE {dbname}"))
-            url = make_url(base).set(database=dbname).render_as_string(hide_password=False)
-        daemon = Daemon(d, url, jobs)
-        yield daemon.start()
+        with ExitStack() as stack:
+            if request.param == "sqlite":
+                url = "sqlite:///./upq.db"
+            else:
+                url = stack.enter_context(_fresh_database(request.getfixturevalue("mysql_base_url")))
+            daemon = Daemon(d, url, jobs)
+            stack.callback(daemon.kill_if_running)
+            yield daemon.start()
     finally:
-        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(timeout=10)
-        if admin is not None:
-            with admin.begin() as conn:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {dbname}"))
-            admin.dispose()
         shutil.rmtree(d, ignore_errors=True)
 
 

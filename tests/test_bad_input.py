@@ -12,6 +12,7 @@ import re
 import pytest
 
 from conftest import Conn, Daemon
+from helpers.client import newest_jobid
 
 DAEMON_JOBS = {
     "hello": {"concurrent": "2", "greeting": "Hi"},
@@ -40,13 +41,6 @@ def assert_still_serving(conn: Conn, daemon: Daemon) -> None:
     """The same connection answers ping (proves no stray answer lines either), and so does a new one."""
     assert conn.ask("ping") == "ACK pong"
     assert daemon.ask("ping") == "ACK pong"
-
-
-def newest_jobid(daemon: Daemon) -> int:
-    answer = daemon.ask("list limit:1")
-    assert answer.startswith("ACK ["), answer
-    rows = json.loads(answer[4:])
-    return rows[0]["jobid"] if rows else 0
 
 
 def refused_without_storing(daemon: Daemon, data: bytes) -> str:

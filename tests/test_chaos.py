@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import Conn, Daemon, wait_for
+from helpers.client import AMBIGUOUS, newest_jobid, stats
 
 SOAK = os.environ.get("UPQ_SOAK") == "1"
 KILLS = 25 if SOAK else 5
 CLIENTS = 8 if SOAK else 3
 UPTIME = (0.5, 3.0) if SOAK else (0.3, 1.2)     # seconds the daemon serves between kills
-AMBIGUOUS = "may or may not be stored"           # the one ERR that does not mean "not stored"
 
 
 @dataclass
@@ -89,8 +89,7 @@ class Client:
 
 def fetch_all_jobs(d: Daemon) -> dict[int, dict]:
     """Every stored job, through the protocol: `status` for each id up to the newest."""
-    newest = json.loads(d.ask("list limit:1")[4:])
-    top = newest[0]["jobid"] if newest else 0
+    top = newest_jobid(d)
     out: dict[int, dict] = {}
     with d.connect(timeout=60) as conn:
         for start in range(1, top + 1, 500):
@@ -106,8 +105,8 @@ def fetch_all_jobs(d: Daemon) -> dict[int, dict]:
 
 
 def all_ended(d: Daemon) -> bool:
-    stats = json.loads(d.ask("stats")[4:])["jobs"].get("record", {})
-    return stats.get("queued", 1) == 0 and stats.get("running", 1) == 0
+    counts = stats(d)["jobs"].get("record", {})
+    return counts.get("queued", 1) == 0 and counts.get("running", 1) == 0
 
 
 def check_history(records: list[list[str]], jobs: dict[int, dict]) -> int:

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-CLI = Path(__file__).resolve().parent.parent / "upq-cli.py"
+from conftest import CLI
 
 
 def load_cli():

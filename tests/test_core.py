@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from conftest import Daemon, wait_for
+from helpers.records import max_overlap, runs
 
 DAEMON_JOBS = {
     "hello": {"concurrent": "8", "greeting": "Hi"},
@@ -287,16 +288,6 @@ def test_ping_answers_pong(shared_daemon: Daemon) -> None:
 
 # -- concurrency ---------------------------------------------------------------------
 
-def max_overlap(records: list[list[str]]) -> int:
-    """Most runs in progress at one moment, from start/end record lines."""
-    events = sorted((float(r[3]), 0 if r[0] == "end" else 1) for r in records)
-    running = peak = 0
-    for _, kind in events:
-        running += 1 if kind else -1
-        peak = max(peak, running)
-    return peak
-
-
 def test_concurrency_limit_is_held(make_daemon) -> None:
     d = make_daemon(jobs={"record": {"concurrent": "2"}})
     with d.connect() as conn:
@@ -307,7 +298,7 @@ def test_concurrency_limit_is_held(make_daemon) -> None:
     records = d.read_records()
     assert sorted(int(r[1]) for r in records if r[0] == "start") == ids
     assert sorted(int(r[1]) for r in records if r[0] == "end") == ids
-    assert max_overlap(records) == 2, records
+    assert max_overlap(runs(records)) == 2, records
 
 
 def test_only_jobs_actually_running_are_shown_running(make_daemon) -> None:
@@ -364,7 +355,7 @@ def test_inline_jobs_run_side_by_side_on_separate_connections(make_daemon) -> No
     finally:
         a.close()
         b.close()
-    assert max_overlap(d.read_records()) == 2
+    assert max_overlap(d.runs()) == 2
 
 
 # -- 2011-style jobs ---------------------------------------------------------------------

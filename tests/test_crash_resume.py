@@ -10,31 +10,12 @@ import os
 import re
 import signal
 import threading
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from conftest import Conn, Daemon, wait_for
-
-
-def starts(records: list[list[str]]) -> dict[int, list[int]]:
-    """jobid -> the attempt numbers of its recorded starts, in order."""
-    out: dict[int, list[int]] = defaultdict(list)
-    for r in records:
-        if r[0] == "start":
-            out[int(r[1])].append(int(r[2]))
-    return out
-
-
-def wait_all(d: Daemon, ids: list[int], timeout: float = 30) -> list[dict]:
-    """Pipeline `wait` for every id on one connection; the jobs once ended."""
-    with d.connect(timeout=timeout + 10) as conn:
-        conn.send("".join(f"wait {jobid} timeout:{timeout}\n" for jobid in ids))
-        answers = [conn.line() for _ in ids]
-    for answer in answers:
-        assert answer.startswith(("ACK {", "ERR {")), answer
-    return [json.loads(a[4:]) for a in answers]
+from helpers.client import pipeline, stats, wait_all
 
 
 # -- kill -9 ---------------------------------------------------------------------------
@@ -46,17 +27,17 @@ def test_kill_minus_nine_loses_no_acked_job_and_reruns_only_the_interrupted_one(
         assert d.wait_job(jobid)["state"] == "done"
     running = d.submit("record sleep:1")
     queued = [d.submit("record") for _ in range(8)]
-    wait_for(lambda: running in starts(d.read_records()), 10, "the long job to start")
+    wait_for(lambda: running in d.starts(), 10, "the long job to start")
     assert d.job(running)["state"] == "running"
     d.kill(signal.SIGKILL)
-    before = starts(d.read_records())
+    before = d.starts()
     assert before[running] == [1]
     assert not any(jobid in before for jobid in queued), "queued jobs ran while one was running"
 
     d.start()
-    jobs = wait_all(d, done_before + [running] + queued)
+    jobs = list(wait_all(d, done_before + [running] + queued).values())
     assert all(j["state"] == "done" for j in jobs), [(j["jobid"], j["state"], j["msg"]) for j in jobs]
-    after = starts(d.read_records())
+    after = d.starts()
     for jobid in done_before:
         assert after[jobid] == [1], f"job {jobid} was done before the kill and ran again: {after[jobid]}"
     assert after[running] == [1, 2]
@@ -93,9 +74,9 @@ def test_kill_minus_nine_during_submissions_keeps_every_acked_job(make_daemon) -
     assert not t.is_alive()
     ids = list(acked)
     d.start()
-    jobs = wait_all(d, ids)
+    jobs = list(wait_all(d, ids).values())
     assert all(j["state"] == "done" for j in jobs), [(j["jobid"], j["state"]) for j in jobs if j["state"] != "done"]
-    history = starts(d.read_records())
+    history = d.starts()
     assert set(ids) <= set(history)
     # besides the ACKed jobs, only lines still in flight at the kill may have been stored
     assert all(jobid > max(ids) for jobid in set(history) - set(ids)), sorted(set(history) - set(ids))
@@ -108,25 +89,23 @@ def test_kill_minus_nine_during_submissions_keeps_every_acked_job(make_daemon) -
 def test_restart_with_a_2000_job_backlog_resumes_them_all(make_daemon) -> None:
     n = 2000
     d = make_daemon(jobs={"gate": {"concurrent": "16"}})
-    with d.connect(timeout=60) as conn:
-        conn.send("".join(f"gate i:{i}\n" for i in range(n)))
-        answers = [conn.line() for _ in range(n)]
+    answers = pipeline(d, [f"gate i:{i}" for i in range(n)])
     assert all(re.fullmatch(r"ACK \d+", a) for a in answers)
     ids = [int(a[4:]) for a in answers]
     assert len(set(ids)) == n
-    wait_for(lambda: len(starts(d.read_records())) == 16, 10, "16 gate jobs to block their workers")
+    wait_for(lambda: len(d.starts()) == 16, 10, "16 gate jobs to block their workers")
     d.kill(signal.SIGKILL)
-    interrupted = set(starts(d.read_records()))
+    interrupted = set(d.starts())
 
     (d.dir / "gate.open").touch()
     d.start()
 
     def all_done() -> bool:
-        counts = json.loads(d.ask("stats")[4:])["jobs"]["gate"]
+        counts = stats(d)["jobs"]["gate"]
         assert counts["failed"] == 0 and counts["cancelled"] == 0, counts
         return counts["done"] == n
     wait_for(all_done, 60, f"{n} gate jobs to end done")
-    history = starts(d.read_records())
+    history = d.starts()
     assert set(history) == set(ids)
     assert {jobid for jobid, a in history.items() if a == [1, 2]} == interrupted
     # every worker was blocked in a run at the kill, so no other job had been started: each ran
@@ -143,18 +122,18 @@ def test_kill_minus_nine_during_an_inline_run_reruns_it_at_start(make_daemon) ->
     conn = d.connect()
     try:
         conn.send("record sleep:1\n")
-        wait_for(lambda: starts(d.read_records()), 10, "the inline job to start")
+        wait_for(d.starts, 10, "the inline job to start")
         d.kill(signal.SIGKILL)
     finally:
         conn.close()
-    (jobid,) = starts(d.read_records())
+    (jobid,) = d.starts()
     d.start()
     with d.connect() as c:
         answer = c.ask(f"wait {jobid} timeout:5")
     assert answer.startswith("ACK {"), f"{answer}; status: {d.ask(f'status {jobid}')}"
     job = json.loads(answer[4:])
     assert job["state"] == "done" and job["attempts"] == 2, job
-    assert starts(d.read_records())[jobid] == [1, 2]
+    assert d.starts()[jobid] == [1, 2]
 
 
 # -- clean stop and start-up refusals ----------------------------------------------------
@@ -181,7 +160,7 @@ def test_second_daemon_on_a_live_socket_refuses_and_leaves_it_alone(make_daemon,
     assert first.socket in message and re.search(r"already|in use|another", message, re.I), message
     assert "Traceback" not in message, message
     assert os.stat(first.socket).st_ino == inode
-    node = json.loads(first.ask("stats")[4:])["nodes"][0]
+    node = stats(first)["nodes"][0]
     if "pid" in node:                             # SPEC leaves a node's fields open
         assert node["pid"] == first.proc.pid
     assert first.wait_job(first.submit("hello name:still"))["state"] == "done"
@@ -228,9 +207,7 @@ def start_and_expect_refusal(d: Daemon) -> tuple[int, str]:
     try:
         code = d.proc.wait(timeout=30)
     finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=10)
+        d.kill_if_running()
     return code, d.stderr()
 
 
@@ -254,9 +231,7 @@ def test_socket_path_holding_a_regular_file_is_not_deleted(workdir: Path, sqlite
         wait_for(lambda: d.proc.poll() is not None or not Path(d.socket).is_file(), 20,
                  "upq to exit or to touch the file")
     finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=10)
+        d.kill_if_running()
     assert Path(d.socket).is_file() and Path(d.socket).read_text() == "precious\n", \
         "upq deleted a regular file that sat at its socket path"
     message = d.stderr()

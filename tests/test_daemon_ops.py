@@ -17,11 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from conftest import CLI, ROOT, UPQ, Conn, Daemon, wait_for
+from conftest import CLI, ROOT, UPQ, Daemon, wait_for
+from helpers.client import log_has, stats
+from helpers.net import TcpConn, free_port
 
 CONTRIB = ROOT / "contrib"
 START_STOP_DAEMON = shutil.which("start-stop-daemon", path="/usr/sbin:/sbin:/usr/bin:/bin")
@@ -74,14 +76,6 @@ def popen_upq(d: Daemon, env: dict[str, str] | None = None) -> subprocess.Popen:
     return d.proc
 
 
-def answers_ping(path: str) -> bool:
-    try:
-        with Conn(path, timeout=2) as c:
-            return c.ask("ping") == "ACK pong"
-    except OSError:
-        return False
-
-
 def process_gone(pid: int) -> bool:
     """Dead, or a zombie nobody reaped (a detached daemon is not our child)."""
     try:
@@ -117,31 +111,10 @@ def dead_pid() -> int:
     return p.pid
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stats(d: Daemon) -> dict:
-    answer = d.ask("stats")
-    assert answer.startswith("ACK "), answer
-    return json.loads(answer[4:])["jobs"]
-
-
 def help_jobs(d: Daemon) -> dict:
     answer = d.ask("help")
     assert answer.startswith("ACK "), answer
     return json.loads(answer[4:])["jobs"]
-
-
-def log_has(d: Daemon, pattern: str) -> Callable[[], bool]:
-    return lambda: re.search(pattern, d.log()) is not None
-
-
-def starts(d: Daemon, jobid: int) -> list[int]:
-    """Attempt numbers of the recorded starts of jobid (record and gate jobs)."""
-    return [int(r[2]) for r in d.read_records() if r[0] == "start" and int(r[1]) == jobid]
 
 
 # -- systemd -------------------------------------------------------------------------------
@@ -174,7 +147,7 @@ def test_ready_is_sent_once_serving_and_stopping_on_sigterm(make_daemon) -> None
         try:
             popen_upq(d, env={**os.environ, "NOTIFY_SOCKET": notify_path})
             assert listener.recv(4096) == b"READY=1"
-            assert answers_ping(d.socket), "READY=1 came before upq answered"
+            assert d.answers_ping(), "READY=1 came before upq answered"
             d.proc.send_signal(signal.SIGTERM)
             assert listener.recv(4096) == b"STOPPING=1"
             assert d.proc.wait(timeout=20) == 0
@@ -200,7 +173,7 @@ def test_daemon_detaches_writes_the_pidfile_and_stops_on_sigterm(make_daemon, re
     reap.append(pid)
     assert pid != launcher.pid and not process_gone(pid)
     assert os.getsid(pid) != os.getsid(0), "the daemon is still in the launcher's session"
-    wait_for(lambda: answers_ping(d.socket), 20, "the detached daemon to answer")
+    wait_for(d.answers_ping, 20, "the detached daemon to answer")
     assert d.wait_job(d.submit("hello name:daemon"))["state"] == "done"
 
     os.kill(pid_in(pidfile), signal.SIGTERM)
@@ -219,7 +192,7 @@ def test_stale_pidfile_is_replaced_and_logged(make_daemon, reap) -> None:
     assert res.returncode == 0, res.stderr
     pid = wait_pidfile(pidfile, not_pid=gone)
     reap.append(pid)
-    wait_for(lambda: answers_ping(d.socket), 20, "the daemon to answer")
+    wait_for(d.answers_ping, 20, "the daemon to answer")
     assert re.search(rf"stale pidfile {re.escape(str(pidfile))}.*{gone}", d.log()), d.log()
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: process_gone(pid), 20, "the daemon to exit")
@@ -231,7 +204,7 @@ def test_live_pidfile_and_live_socket_stop_a_second_start_with_a_message(make_da
     assert run_upq("--daemon", "--pidfile", str(pidfile), "-c", str(first.cfg)).returncode == 0
     pid = wait_pidfile(pidfile)
     reap.append(pid)
-    wait_for(lambda: answers_ping(first.socket), 20, "the first daemon")
+    wait_for(first.answers_ping, 20, "the first daemon")
 
     # same pidfile, another socket: the pidfile is what stops it
     other = make_daemon(jobs=JOBS, start=False, subdir="other")
@@ -245,7 +218,7 @@ def test_live_pidfile_and_live_socket_stop_a_second_start_with_a_message(make_da
     assert "already" in res.stderr and first.socket in res.stderr, res.stderr
     assert not (other.dir / "upq.pid").exists()
 
-    assert pid_in(pidfile) == pid and answers_ping(first.socket)
+    assert pid_in(pidfile) == pid and first.answers_ping()
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: process_gone(pid), 20, "the daemon to exit")
 
@@ -257,9 +230,9 @@ def test_daemon_exiting_after_the_grace_removes_its_pidfile_too(make_daemon, rea
     assert run_upq("--daemon", "--pidfile", str(pidfile), "-c", str(d.cfg)).returncode == 0
     pid = wait_pidfile(pidfile)
     reap.append(pid)
-    wait_for(lambda: answers_ping(d.socket), 20, "the daemon to answer")
+    wait_for(d.answers_ping, 20, "the daemon to answer")
     jobid = d.submit("gate")
-    wait_for(lambda: starts(d, jobid), 10, "the job to start")
+    wait_for(lambda: d.starts()[jobid], 10, "the job to start")
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: process_gone(pid), 10, "the daemon to exit after the grace")
     assert "jobs still running after" in d.log()
@@ -298,7 +271,7 @@ def test_init_script_starts_reports_reloads_and_stops(make_daemon, reap) -> None
     assert res.returncode == 0, res.stdout + res.stderr
     pid = wait_pidfile(pidfile)
     reap.append(pid)
-    wait_for(lambda: answers_ping(d.socket), 20, "upq started by the init script")
+    wait_for(d.answers_ping, 20, "upq started by the init script")
     res = init("status")
     assert res.returncode == 0 and str(pid) in res.stdout, res.stdout
     assert init("start").returncode == 0 and pid_in(pidfile) == pid, "a second start must not start another"
@@ -319,7 +292,7 @@ def test_init_script_starts_reports_reloads_and_stops(make_daemon, reap) -> None
 def test_sigterm_lets_a_running_job_finish_and_exits_0(make_daemon) -> None:
     d = make_daemon(jobs=JOBS)                  # conftest: shutdown_grace = 5
     jobid = d.submit("record sleep:1.5")
-    wait_for(lambda: starts(d, jobid), 10, "the job to start")
+    wait_for(lambda: d.starts()[jobid], 10, "the job to start")
     t0 = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - t0 < 5
@@ -334,7 +307,7 @@ def test_job_longer_than_the_grace_is_left_to_resume_at_the_next_start(make_daem
     set_server(d, shutdown_grace=1)
     d.start()
     jobid = d.submit("gate")                    # waits until gate.open exists
-    wait_for(lambda: starts(d, jobid) == [1], 10, "the job to start")
+    wait_for(lambda: d.starts()[jobid] == [1], 10, "the job to start")
     t0 = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - t0 < 1 + 4, "upq did not exit soon after the grace"
@@ -344,7 +317,7 @@ def test_job_longer_than_the_grace_is_left_to_resume_at_the_next_start(make_daem
     d.start()
     job = d.wait_job(jobid)
     assert (job["state"], job["attempts"], job["msg"]) == ("done", 2, "passed"), job
-    assert starts(d, jobid) == [1, 2]
+    assert d.starts()[jobid] == [1, 2]
 
 
 def test_second_sigterm_exits_at_once(make_daemon) -> None:
@@ -352,7 +325,7 @@ def test_second_sigterm_exits_at_once(make_daemon) -> None:
     set_server(d, shutdown_grace=60)
     d.start()
     jobid = d.submit("gate")
-    wait_for(lambda: starts(d, jobid), 10, "the job to start")
+    wait_for(lambda: d.starts()[jobid], 10, "the job to start")
     d.proc.send_signal(signal.SIGTERM)
     # the socket goes after the second-signal handler is in place
     wait_for(lambda: not os.path.exists(d.socket), 10, "upq to stop accepting")
@@ -375,7 +348,7 @@ def test_sighup_adds_and_removes_job_types_keeping_queued_jobs(make_daemon) -> N
     wait_for(lambda: d.ask("hello name:x").startswith("ACK "), 10, "hello to be accepted after SIGHUP")
 
     running = d.submit("gate")
-    wait_for(lambda: starts(d, running), 10, "the gate job to start")
+    wait_for(lambda: d.starts()[running], 10, "the gate job to start")
     queued = [d.submit("gate") for _ in range(2)]      # concurrent 1: these wait
     d.write_config({"record": {}, "hello": {}})
     d.kill(signal.SIGHUP)
@@ -385,7 +358,7 @@ def test_sighup_adds_and_removes_job_types_keeping_queued_jobs(make_daemon) -> N
     assert d.wait_job(running)["state"] == "done", "a removed type's running job must finish"
     time.sleep(0.6)     # a window (3 poll intervals) in which nothing may claim the queued ones
     assert [d.job(j)["state"] for j in queued] == ["new", "new"]
-    assert "gate" not in stats(d) or stats(d)["gate"]["workers"] == 0
+    assert "gate" not in stats(d)["jobs"] or stats(d)["jobs"]["gate"]["workers"] == 0
 
     d.write_config({"record": {}, "hello": {}, "gate": {}})
     d.kill(signal.SIGHUP)
@@ -396,12 +369,12 @@ def test_sighup_adds_and_removes_job_types_keeping_queued_jobs(make_daemon) -> N
 
 def test_sighup_resizes_a_type_and_keeps_the_old_config_when_the_new_one_is_broken(make_daemon) -> None:
     d = make_daemon(jobs=JOBS)
-    assert stats(d)["sleep"]["workers"] == 2
+    assert stats(d)["jobs"]["sleep"]["workers"] == 2
     d.write_config({**JOBS, "sleep": {"concurrent": "5"}})
     d.kill(signal.SIGHUP)
-    wait_for(lambda: stats(d)["sleep"]["workers"] == 5, 10, "sleep to get 5 workers")
+    wait_for(lambda: stats(d)["jobs"]["sleep"]["workers"] == 5, 10, "sleep to get 5 workers")
     jobs = [d.submit("sleep seconds:1.5") for _ in range(5)]
-    wait_for(lambda: stats(d)["sleep"]["running"] == 5, 10, "5 sleep jobs running at once")
+    wait_for(lambda: stats(d)["jobs"]["sleep"]["running"] == 5, 10, "5 sleep jobs running at once")
 
     good = d.cfg.read_text()
     d.cfg.write_text(good.replace("concurrent = 5", "concurrent = many"))
@@ -409,7 +382,7 @@ def test_sighup_resizes_a_type_and_keeps_the_old_config_when_the_new_one_is_brok
     wait_for(log_has(d, r"does not load; keeping the running one"), 10, "the bad reload to be logged")
     assert "concurrent" in d.log().split("does not load")[-1]
     assert d.proc.poll() is None
-    assert stats(d)["sleep"]["workers"] == 5
+    assert stats(d)["jobs"]["sleep"]["workers"] == 5
     for jobid in jobs:
         assert d.wait_job(jobid)["state"] == "done"
     assert d.ask("hello name:still").startswith("ACK ")
@@ -468,7 +441,7 @@ def test_live_socket_is_not_stolen(make_daemon) -> None:
     assert res.returncode != 0
     assert first.socket in res.stderr and "already" in res.stderr, res.stderr
     assert os.stat(first.socket).st_ino == inode
-    assert answers_ping(first.socket)
+    assert first.answers_ping()
 
 
 # -- least privilege -------------------------------------------------------------------------
@@ -488,19 +461,6 @@ def test_root_is_refused_without_allow_root(make_daemon) -> None:
 
 
 # -- TCP ---------------------------------------------------------------------------------------
-
-class TcpConn(Conn):
-    def __init__(self, port: int, timeout: float = 10.0):  # noqa: super().__init__ is Unix-only
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def closed(self) -> bool:
-        """Nothing more was sent and the server hung up."""
-        try:
-            return self.buf == b"" and self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return self.buf == b""
-
 
 @pytest.fixture
 def tcp_daemon(make_daemon) -> tuple[Daemon, int, str]:

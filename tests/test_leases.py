@@ -9,54 +9,19 @@ from __future__ import annotations
 
 import json
 import signal
-from collections import defaultdict
 
 import pytest
 
 from conftest import Daemon, wait_for
+from helpers.client import pipeline, submit_many, wait_all
+from helpers.records import attempts_by_job
 
 LEASING = "alone on the database: leasing jobs ahead"
 SHARED = "other daemon(s) on the database: claiming one job per idle worker"
 
 
-def submit_many(d: Daemon, lines: list[str]) -> list[int]:
-    """Pipeline the submissions on one connection; every one must be ACKed."""
-    with d.connect(timeout=60) as conn:
-        conn.send("".join(line + "\n" for line in lines))
-        answers = [conn.line() for _ in lines]
-    assert all(a.startswith("ACK ") for a in answers), [a for a in answers if not a.startswith("ACK ")][:5]
-    return [int(a.split()[1]) for a in answers]
-
-
 def cancel_many(d: Daemon, jobids: list[int]) -> dict[int, str]:
-    with d.connect(timeout=60) as conn:
-        conn.send("".join(f"cancel {j}\n" for j in jobids))
-        return {j: conn.line() for j in jobids}
-
-
-def started_runs(*daemons: Daemon) -> dict[int, list[int]]:
-    """jobid -> the attempts of its runs that started, from every daemon's records."""
-    out: dict[int, list[int]] = defaultdict(list)
-    for d in daemons:
-        for r in d.read_records():
-            if r[0] == "start":
-                out[int(r[1])].append(int(r[2]))
-    return out
-
-
-def all_final(d: Daemon, jobids: list[int]) -> dict[int, dict]:
-    jobs: dict[int, dict] = {}
-
-    def done() -> bool:
-        for j in jobids:
-            if j not in jobs or jobs[j]["state"] not in ("done", "failed", "cancelled"):
-                job = d.job(j)
-                if job["state"] not in ("done", "failed", "cancelled"):
-                    return False
-                jobs[j] = job
-        return True
-    wait_for(done, 60, "every job to end")
-    return jobs
+    return dict(zip(jobids, pipeline(d, [f"cancel {j}" for j in jobids])))
 
 
 def check_cancels(answers: dict[int, str], jobs: dict[int, dict], runs: dict[int, list[int]]) -> int:
@@ -84,12 +49,12 @@ def test_cancelled_jobs_never_run_while_leased_jobs_drain(make_daemon) -> None:
     """Cancels race the workers through a backlog of fast jobs, most of which are leased."""
     d = make_daemon(jobs={"record": {"concurrent": "4"}})
     warm = submit_many(d, ["record"] * 40)      # fast runs: the daemon starts leasing ahead
-    all_final(d, warm)
+    wait_all(d, warm, timeout=60)
     jobids = submit_many(d, ["record sleep:0.01"] * 600)
     # oldest first, from just ahead of the workers: the cancels race them through the leases
     answers = cancel_many(d, jobids[60::2])
-    jobs = all_final(d, jobids)
-    runs = started_runs(d)
+    jobs = wait_all(d, jobids, timeout=60)
+    runs = d.starts()
     queued = check_cancels(answers, jobs, runs)
     assert queued >= 5, f"only {queued} cancels found their job queued: the race was not exercised"
     for jobid in set(jobids) - set(answers):
@@ -101,13 +66,13 @@ def test_cancelled_jobs_never_run_while_leased_jobs_drain(make_daemon) -> None:
 @pytest.mark.timeout(120)
 def test_kill_minus_nine_with_leases_loses_nothing_and_attempts_never_undercount(make_daemon) -> None:
     d = make_daemon(jobs={"record": {"concurrent": "2"}})
-    all_final(d, submit_many(d, ["record"] * 40))
+    wait_all(d, submit_many(d, ["record"] * 40), timeout=60)
     jobids = submit_many(d, ["record sleep:0.002"] * 400)
-    wait_for(lambda: len(started_runs(d)) >= 80, 30, "some of the backlog to run")
+    wait_for(lambda: len(d.starts()) >= 80, 30, "some of the backlog to run")
     d.kill(signal.SIGKILL)
     d.start()
-    jobs = all_final(d, jobids)
-    runs = started_runs(d)
+    jobs = wait_all(d, jobids, timeout=60)
+    runs = d.starts()
     for jobid in jobids:
         job, attempts = jobs[jobid], runs.get(jobid, [])
         assert job["state"] == "done", job
@@ -119,7 +84,7 @@ def test_kill_minus_nine_with_leases_loses_nothing_and_attempts_never_undercount
 @pytest.mark.timeout(120)
 def test_a_second_daemon_ends_leasing_and_its_cancels_stop_leased_jobs(make_daemon) -> None:
     a = make_daemon(jobs={"record": {"concurrent": "4"}}, subdir="a", server={"node_timeout": "4"})
-    all_final(a, submit_many(a, ["record"] * 40))
+    wait_all(a, submit_many(a, ["record"] * 40), timeout=60)
     assert LEASING in a.log()
     jobids = submit_many(a, ["record sleep:0.005"] * 400)
     b = make_daemon(jobs={"record": {"concurrent": "4"}}, subdir="b", server={"node_timeout": "4"}, start=False)
@@ -127,8 +92,8 @@ def test_a_second_daemon_ends_leasing_and_its_cancels_stop_leased_jobs(make_daem
     b.write_config({"record": {"concurrent": "4"}})
     b.start()
     answers = cancel_many(b, jobids[::-1][::2])
-    jobs = all_final(a, jobids)
-    runs = started_runs(a, b)
+    jobs = wait_all(a, jobids, timeout=60)
+    runs = attempts_by_job(a.read_records() + b.read_records())
     check_cancels(answers, jobs, runs)
     wait_for(lambda: SHARED in a.log(), 10, "the first daemon to see the second")
     for jobid in set(jobids) - set(answers):

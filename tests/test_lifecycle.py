@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from conftest import Daemon, wait_for
+from helpers.client import log_has, newest_jobid
 
 MakeDaemon = Callable[..., Daemon]
 EARLY = 0.05          # a due time may be met this much early (clock and rounding)
@@ -33,12 +34,6 @@ def epoch(iso: str | None) -> float:
 
 def iso_utc(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def starts(daemon: Daemon, kind: str, jobid: int) -> dict[int, float]:
-    """{attempt: start time} from the `<kind> <jobid> <attempt> <time>` records of a test job."""
-    return {int(r[2]): float(r[3]) for r in daemon.read_records()
-            if len(r) == 4 and r[0] == kind and r[1] == str(jobid)}
 
 
 def ask_ok(daemon: Daemon, line: str) -> str:
@@ -63,11 +58,6 @@ def waiting_for_retry(daemon: Daemon, jobid: int, timeout: float = 5.0) -> dict:
     """The job once a failed attempt has put it back to `new` with a due time."""
     return wait_for(lambda: (j := daemon.job(jobid))["state"] == "new" and j["run_after"] and j,
                     timeout, f"job {jobid} to wait for its retry")
-
-
-def newest_jobid(daemon: Daemon) -> int:
-    rows = json.loads(ask_ok(daemon, "list limit:1")[4:])
-    return rows[0]["jobid"] if rows else 0
 
 
 def assert_serving(daemon: Daemon) -> None:
@@ -140,7 +130,7 @@ def test_timed_out_run_fails_at_the_deadline_and_its_late_result_is_discarded(ma
 
     # the abandoned thread still runs: the type's only slot is not reused until it ends (logged)
     assert d.job(queued)["state"] == "new"
-    wait_for(lambda: re.search(r"hang.*(still alive|not start|stop\w* claim)", d.log()), 5,
+    wait_for(log_has(d, r"hang.*(still alive|not start|stop\w* claim)"), 5,
              "a log line saying the type stops claiming")
     after = ended(d, queued, "done", timeout=10)
     assert epoch(after["started"]) >= epoch(job["started"]) + 2.0 - EARLY, (job, after)
@@ -160,19 +150,19 @@ def test_timed_out_run_leaves_the_other_slots_working_and_its_retry_waits_for_th
     slow = d.submit("slowpoke seconds:2")
     first = waiting_for_retry(d, slow)          # attempt 1 timed out, retry due in 0.1 s
     assert "timeout" in first["msg"].lower(), first
-    t1 = starts(d, "slowstart", slow)[1]
+    t1 = d.attempt_times("slowstart", slow)[1]
 
     quick = d.submit("slowpoke seconds:0")
     done = ended(d, quick, "done", timeout=5)
-    assert starts(d, "slowstart", quick)[1] < t1 + 1.5, "the free slot waited for the abandoned thread"
+    assert d.attempt_times("slowstart", quick)[1] < t1 + 1.5, "the free slot waited for the abandoned thread"
     assert done["result"] == {"late": True}
 
     # the late outcome of attempt 1 never lands, and its retry only starts once its thread ended
-    wait_for(lambda: 1 in starts(d, "slowend", slow), 5, "the abandoned run to end")
+    wait_for(lambda: 1 in d.attempt_times("slowend", slow), 5, "the abandoned run to end")
     row = d.job(slow)
     assert row["state"] != "done" and row["result"] is None and "woke up" not in row["msg"], row
-    wait_for(lambda: 2 in starts(d, "slowstart", slow), 5, "the retry of the timed-out job")
-    assert starts(d, "slowstart", slow)[2] >= starts(d, "slowend", slow)[1] - EARLY, \
+    wait_for(lambda: 2 in d.attempt_times("slowstart", slow), 5, "the retry of the timed-out job")
+    assert d.attempt_times("slowstart", slow)[2] >= d.attempt_times("slowend", slow)[1] - EARLY, \
         "the retry ran while the timed-out run's thread was still alive"
     final = ended(d, slow, "failed", timeout=5)
     assert final["attempts"] == 2 and "timeout" in final["msg"].lower(), final
@@ -184,12 +174,12 @@ def test_timed_out_run_leaves_the_other_slots_working_and_its_retry_waits_for_th
 def test_failed_attempts_are_retried_on_the_backoff_schedule(make_daemon: MakeDaemon) -> None:
     d = make_daemon(jobs={"flaky": {"concurrent": "1", "retries": "2", "retry_delay": "0.5"}})
     always = d.submit("flaky")
-    wait_for(lambda: starts(d, "flaky", always).get(1), 5, "attempt 1")
+    wait_for(lambda: d.attempt_times("flaky", always).get(1), 5, "attempt 1")
 
     # waiting for the retry: `new`, due later, the last error kept
     pending = waiting_for_retry(d, always)
     assert pending["msg"] == "flaky failure on attempt 1" and pending["attempts"] == 1, pending
-    assert epoch(pending["run_after"]) >= starts(d, "flaky", always)[1] + 0.5 - EARLY, pending
+    assert epoch(pending["run_after"]) >= d.attempt_times("flaky", always)[1] + 0.5 - EARLY, pending
 
     # the backoff holds no worker: with concurrent = 1 another job runs meanwhile
     other = d.submit("flaky succeed_on:1")
@@ -198,11 +188,11 @@ def test_failed_attempts_are_retried_on_the_backoff_schedule(make_daemon: MakeDa
 
     job = ended(d, always, "failed", timeout=10)
     assert job["attempts"] == 3 and job["msg"] == "flaky failure on attempt 3", job
-    t = starts(d, "flaky", always)
+    t = d.attempt_times("flaky", always)
     assert sorted(t) == [1, 2, 3], t
     assert 0.5 - EARLY <= t[2] - t[1] <= 0.5 + LATE, f"first retry after {t[2] - t[1]:.3f}s, want 0.5s"
     assert 1.0 - EARLY <= t[3] - t[2] <= 1.0 + LATE, f"second retry after {t[3] - t[2]:.3f}s, want 1.0s"
-    assert starts(d, "flaky", other)[1] < t[2], "the other job waited for the backoff"
+    assert d.attempt_times("flaky", other)[1] < t[2], "the other job waited for the backoff"
 
     job = ended(d, flaky, "done", timeout=10)
     assert job["attempts"] == 2 and job["msg"] == "succeeded on attempt 2" and job["result"] == {"attempt": 2}, job
@@ -227,7 +217,7 @@ def test_retry_that_falls_due_while_the_daemon_is_down_runs_after_restart(make_d
     job = ended(d, never, "failed", timeout=10)
     assert job["attempts"] == 2 and job["msg"] == "flaky failure on attempt 2", job
     for jobid in (heals, never):
-        t = starts(d, "flaky", jobid)
+        t = d.attempt_times("flaky", jobid)
         assert sorted(t) == [1, 2], t
         assert t_launch <= t[2], "attempt 2 must run after the restart"
         assert t[2] - t_up < 3.0, f"attempt 2 ran {t[2] - t_up:.2f}s after the restarted daemon answered"
@@ -242,14 +232,14 @@ def test_job_asking_for_a_retry_does_not_use_up_the_retries_budget(make_daemon: 
 
     job = ended(d, busy, "done", timeout=10)
     assert job["attempts"] == 3 and job["msg"] == "done on attempt 3", job
-    t = starts(d, "selfretry", busy)
+    t = d.attempt_times("selfretry", busy)
     assert 0.3 - EARLY <= t[2] - t[1] <= 0.3 + LATE and 0.3 - EARLY <= t[3] - t[2] <= 0.3 + LATE, t
 
     # two asked-for retries, then a real failure still gets the full budget (1 retry after 0.2 s)
     failing = d.submit("selfretry busy:2 delay:0.3 fail")
     job = ended(d, failing, "failed", timeout=10)
     assert job["attempts"] == 4 and job["msg"] == "real failure on attempt 4", job
-    t = starts(d, "selfretry", failing)
+    t = d.attempt_times("selfretry", failing)
     assert sorted(t) == [1, 2, 3, 4], t
     assert 0.2 - EARLY <= t[4] - t[3] <= 0.2 + LATE, \
         f"first real retry after {t[4] - t[3]:.3f}s; retry_delay is 0.2s (the budget was untouched)"
@@ -260,7 +250,7 @@ def test_job_asking_for_a_retry_does_not_use_up_the_retries_budget(make_daemon: 
 def test_cancel_queued_and_running_jobs(make_daemon: MakeDaemon) -> None:
     d = make_daemon(jobs={"coop": {"concurrent": "1"}, "record": {"concurrent": "2"}})
     busy = d.submit("coop")
-    wait_for(lambda: starts(d, "coop", busy), 5, "the coop job to start")
+    wait_for(lambda: d.attempt_times("coop", busy), 5, "the coop job to start")
     queued = d.submit("coop max:0")          # waits behind `busy` (concurrent = 1)
     delayed = d.submit("record @delay:60")
 
@@ -277,7 +267,7 @@ def test_cancel_queued_and_running_jobs(make_daemon: MakeDaemon) -> None:
     ask_ok(d, f"cancel {busy}")
     assert time.monotonic() - t0 < 1.0
     job = ended(d, busy, "cancelled", timeout=5)
-    assert job["attempts"] == 1 and starts(d, "coopsaw", busy), job
+    assert job["attempts"] == 1 and d.attempt_times("coopsaw", busy), job
 
     # a running job that ignores the flag still ends cancelled, not done
     stubborn = d.submit("record sleep:0.5")
@@ -287,7 +277,7 @@ def test_cancel_queued_and_running_jobs(make_daemon: MakeDaemon) -> None:
 
     # the freed slot takes the next job, and the cancelled ones never ran
     ended(d, d.submit("coop max:0"), "done", timeout=5)
-    assert not starts(d, "coop", queued)
+    assert not d.attempt_times("coop", queued)
     assert not any(r[1] == str(delayed) for r in d.read_records())
 
     # ended or unknown jobs: ERR
@@ -320,7 +310,7 @@ def test_retry_command_requeues_failed_and_cancelled_jobs_only(make_daemon: Make
     assert job["jobid"] == heals and job["attempts"] == 3 and job["msg"] == "succeeded on attempt 3", job
     ask_ok(d, f"retry {never}")
     job = ended(d, never, "failed")
-    assert job["attempts"] == 4 and sorted(starts(d, "flaky", never)) == [1, 2, 3, 4], job
+    assert job["attempts"] == 4 and sorted(d.attempt_times("flaky", never)) == [1, 2, 3, 4], job
 
     # a cancelled job runs when retried (at once: the old due time is gone)
     ask_ok(d, f"cancel {delayed}")
@@ -391,7 +381,7 @@ def test_concurrent_bounds_the_runs_that_are_not_waiting_on_a_child(make_daemon:
         ended(d, jobid, "done", timeout=15)
     busy = []
     for jobid in jobids:
-        b, e = starts(d, "lendbusy", jobid)[1], starts(d, "lendend", jobid)[1]
+        b, e = d.attempt_times("lendbusy", jobid)[1], d.attempt_times("lendend", jobid)[1]
         busy.append((b, e))
     busy.sort()
     overlaps = [(a, b) for a, b in zip(busy, busy[1:]) if b[0] < a[1] - 0.01]
@@ -410,22 +400,22 @@ def test_delayed_jobs_run_no_sooner_than_due_and_soon_after(make_daemon: MakeDae
     plain = d.submit("record delay:5")                # no @: an ordinary param
 
     ended(d, past, "done", timeout=5)
-    assert starts(d, "start", past)[1] - t0 < 1.0, "a due time in the past must run at once"
+    assert d.attempt_times("start", past)[1] - t0 < 1.0, "a due time in the past must run at once"
     job = ended(d, plain, "done", timeout=5)
     assert job["params"] == {"delay": "5"} and job["run_after"] is None, job
-    assert starts(d, "start", plain)[1] - t0 < 1.0
+    assert d.attempt_times("start", plain)[1] - t0 < 1.0
 
     time.sleep(max(0.0, t0 + 0.3 - time.time()))      # let time pass; not yet due
     row = d.job(delayed)
-    assert row["state"] == "new" and row["run_after"] and not starts(d, "start", delayed), row
+    assert row["state"] == "new" and row["run_after"] and not d.attempt_times("start", delayed), row
     assert epoch(row["run_after"]) >= t0 + 0.5 - EARLY, row
     assert row["params"] == {}, row
 
     ended(d, delayed, "done", timeout=5)
-    ran = starts(d, "start", delayed)[1]
+    ran = d.attempt_times("start", delayed)[1]
     assert 0.5 - EARLY <= ran - t0 <= 0.5 + LATE + 0.4, f"@delay:0.5 ran after {ran - t0:.3f}s"
     ended(d, future, "done", timeout=5)
-    ran = starts(d, "start", future)[1]
+    ran = d.attempt_times("start", future)[1]
     assert at - EARLY <= ran <= at + LATE + 0.4, f"@at ran {ran - at:+.3f}s from its time"
 
 

@@ -14,74 +14,17 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 
-import pytest
+from conftest import MYSQL_ONLY, SQLITE_ONLY, Daemon, wait_for
+from helpers.client import job_ids, pipeline, stats, submit_many
+from helpers.records import max_overlap
 
-from conftest import Daemon, wait_for
-
-MYSQL_ONLY = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 FAST_NODES = {"node_timeout": "2"}
 
 
 # -- helpers ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Run:
-    """One recorded run of the `record` job on one daemon."""
-    jobid: int
-    attempt: int
-    start: float
-    end: float | None
-
-
-def runs(d: Daemon) -> list[Run]:
-    """The runs this daemon's `record` jobs logged, ends paired with starts."""
-    starts: dict[tuple[int, int], float] = {}
-    ends: dict[tuple[int, int], float] = {}
-    for event, jobid, attempt, when in d.read_records():
-        key = (int(jobid), int(attempt))
-        target = starts if event == "start" else ends
-        assert key not in target, f"{d.dir.name}: {event} of job {jobid} attempt {attempt} logged twice"
-        target[key] = float(when)
-    return [Run(j, a, t, ends.get((j, a))) for (j, a), t in sorted(starts.items())]
-
-
-def max_overlap(rs: list[Run]) -> int:
-    """Most runs in progress at one instant (an end at t frees its slot before a start at t)."""
-    events = sorted([(r.start, 1) for r in rs] + [(r.end, -1) for r in rs if r.end is not None])
-    most = now = 0
-    for _, step in events:
-        now += step
-        most = max(most, now)
-    return most
-
-
-def submit_many(d: Daemon, lines: list[str], chunk: int = 200) -> list[str]:
-    """Pipeline request lines on one connection; every answer line, in order."""
-    answers: list[str] = []
-    with d.connect(timeout=60) as conn:
-        for i in range(0, len(lines), chunk):
-            part = lines[i:i + chunk]
-            conn.send("".join(line + "\n" for line in part))
-            answers += [conn.line() for _ in part]
-    return answers
-
-
-def job_ids(answers: list[str]) -> list[int]:
-    bad = [a for a in answers if not a.startswith("ACK ")]
-    assert not bad, f"{len(bad)} submissions not ACKed, e.g. {bad[:3]}"
-    return [int(a.split()[1]) for a in answers]
-
-
-def stats(d: Daemon) -> dict:
-    answer = d.ask("stats")
-    assert answer.startswith("ACK {"), answer
-    return json.loads(answer[4:])
-
-
-def ended(d: Daemon, jobname: str) -> int:
+def ended_count(d: Daemon, jobname: str) -> int:
     counts = stats(d)["jobs"].get(jobname, {})
     return sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
 
@@ -94,7 +37,7 @@ def all_jobs(d: Daemon) -> dict[int, dict]:
 
 
 def wait_all_ended(d: Daemon, jobname: str, n: int, timeout: float) -> dict[int, dict]:
-    wait_for(lambda: ended(d, jobname) >= n, timeout, f"{n} {jobname} jobs to end")
+    wait_for(lambda: ended_count(d, jobname) >= n, timeout, f"{n} {jobname} jobs to end")
     return all_jobs(d)
 
 
@@ -124,7 +67,7 @@ def outcome(job: dict) -> tuple:
 
 
 def started_jobs(d: Daemon) -> set[int]:
-    return {r.jobid for r in runs(d)}
+    return {r.jobid for r in d.runs()}
 
 
 # -- spreading the work -------------------------------------------------------------------
@@ -132,7 +75,7 @@ def started_jobs(d: Daemon) -> set[int]:
 @MYSQL_ONLY
 def test_submissions_to_one_daemon_spread_across_all_three(make_daemon) -> None:
     daemons = three_daemons(make_daemon, (2, 2, 2))
-    ids = job_ids(submit_many(daemons[0], ["record sleep:0.02"] * 300))
+    ids = submit_many(daemons[0], ["record sleep:0.02"] * 300)
     jobs = wait_all_ended(daemons[1], "record", 300, 60)
 
     assert sorted(jobs) == sorted(ids)
@@ -158,11 +101,11 @@ def test_no_job_runs_twice_and_runs_never_overlap_across_daemons(make_daemon) ->
     daemons = three_daemons(make_daemon, (2, 2, 2))
     ids: list[int] = []
     for d in daemons:                       # submissions to every daemon at once
-        ids += job_ids(submit_many(d, ["record sleep:0.01"] * 100))
+        ids += submit_many(d, ["record sleep:0.01"] * 100)
     jobs = wait_all_ended(daemons[0], "record", 300, 60)
     assert all(j["state"] == "done" and j["attempts"] == 1 for j in jobs.values())
 
-    everything = [r for d in daemons for r in runs(d)]
+    everything = [r for d in daemons for r in d.runs()]
     starts = Counter(r.jobid for r in everything)
     assert set(starts) == set(ids)
     assert [j for j, n in starts.items() if n != 1] == [], "jobs started more than once"
@@ -173,10 +116,10 @@ def test_no_job_runs_twice_and_runs_never_overlap_across_daemons(make_daemon) ->
 @MYSQL_ONLY
 def test_each_daemon_respects_its_own_concurrent(make_daemon) -> None:
     daemons = three_daemons(make_daemon, (1, 2, 3))
-    job_ids(submit_many(daemons[0], ["record sleep:0.05"] * 120))
+    submit_many(daemons[0], ["record sleep:0.05"] * 120)
     wait_all_ended(daemons[0], "record", 120, 60)
-    overlap = {d.dir.name: max_overlap(runs(d)) for d in daemons}
-    ran = {d.dir.name: len(runs(d)) for d in daemons}
+    overlap = {d.dir.name: max_overlap(d.runs()) for d in daemons}
+    ran = {d.dir.name: len(d.runs()) for d in daemons}
     assert sum(ran.values()) == 120, ran
     assert overlap["a"] <= 1 and overlap["b"] <= 2 and overlap["c"] <= 3, overlap
     # and the busy ones really used their slots (so the bound above was tested)
@@ -189,7 +132,7 @@ def test_each_daemon_respects_its_own_concurrent(make_daemon) -> None:
 def test_sigkill_of_one_daemon_reruns_its_jobs_once_on_the_others(make_daemon) -> None:
     victim = make_daemon(jobs={"gate": {"concurrent": "2"}}, subdir="a", server=FAST_NODES)
     held = [victim.submit("gate") for _ in range(2)]      # its gate stays shut: both keep running
-    wait_for(lambda: set(held) <= started_jobs_gate(victim), 10, "the victim to start both jobs")
+    wait_for(lambda: set(held) <= set(victim.starts()), 10, "the victim to start both jobs")
     survivors = [make_daemon(jobs={"gate": {"concurrent": "2"}}, subdir=name, server=FAST_NODES, start=False)
                  for name in "bc"]
     for d in survivors:
@@ -219,10 +162,6 @@ def test_sigkill_of_one_daemon_reruns_its_jobs_once_on_the_others(make_daemon) -
     nodes = {n["node"]: n["state"] for n in stats(survivors[0])["nodes"]}
     assert nodes[victim_node] == "dead", nodes
     assert all(j["attempts"] == 1 for j in map(survivors[0].job, others))
-
-
-def started_jobs_gate(d: Daemon) -> set[int]:
-    return {int(r[1]) for r in d.read_records() if r[0] == "start"}
 
 
 @MYSQL_ONLY
@@ -261,8 +200,8 @@ def test_sigstop_past_the_lease_then_sigcont_records_no_second_outcome(make_daem
     final = other.wait_job(long_, timeout=20)
     assert (final["state"], final["attempts"], final["node"]) == ("done", 2, other_node), final
 
-    a_runs = {r.jobid: r for r in runs(paused)}
-    b_runs = {r.jobid: r for r in runs(other)}
+    a_runs = {r.jobid: r for r in paused.runs()}
+    b_runs = {r.jobid: r for r in other.runs()}
     assert a_runs[short].attempt == 1 and b_runs[short].attempt == 2
     assert a_runs[short].end > b_runs[short].end, "the paused run should end after the re-run"
     assert a_runs[long_].end < b_runs[long_].end
@@ -315,7 +254,7 @@ def test_node_name_stays_held_when_the_lock_connection_is_cut(make_daemon, db_ur
     second.start(expect_ok=False)
     wait_for(lambda: exited_or_up(second), 20, "the second daemon to refuse or start")
     job = first.wait_job(running)
-    reruns = [r.attempt for r in runs(second)]
+    reruns = [r.attempt for r in second.runs()]
     assert second.proc.poll() is not None, \
         f"a second daemon took the live node name 'twin' (it re-ran job {running}: attempts {reruns})"
     assert (job["state"], job["attempts"]) == ("done", 1), job
@@ -344,7 +283,7 @@ def test_second_daemon_with_a_live_node_name_refuses_to_start_on_sqlite(make_dae
         pids[name] = [n["pid"] for n in stats(first)["nodes"]]
     job = first.wait_job(running)
     assert (job["state"], job["attempts"]) == ("done", 1), job
-    assert [r.attempt for r in runs(first)] == [1]
+    assert [r.attempt for r in first.runs()] == [1]
     assert pids == {"b": [first.proc.pid], "c": [first.proc.pid]}, "a refused start rewrote the node row"
 
 
@@ -355,11 +294,11 @@ def test_two_daemons_on_one_sqlite_file_share_the_work_safely(make_daemon) -> No
     b.db_url = a.db_url.replace("./upq.db", str(a.dir / "upq.db"))
     b.write_config({"record": {"concurrent": "2"}})
     b.start()
-    ids = job_ids(submit_many(a, ["record sleep:0.01"] * 100)) + job_ids(submit_many(b, ["record sleep:0.01"] * 100))
+    ids = submit_many(a, ["record sleep:0.01"] * 100) + submit_many(b, ["record sleep:0.01"] * 100)
     jobs = wait_all_ended(b, "record", 200, 60)
     assert sorted(jobs) == sorted(ids)
     assert all(j["state"] == "done" and j["attempts"] == 1 for j in jobs.values())
-    per = {d.dir.name: [r.jobid for r in runs(d)] for d in (a, b)}
+    per = {d.dir.name: [r.jobid for r in d.runs()] for d in (a, b)}
     starts = Counter(per["a"] + per["b"])
     assert set(starts) == set(ids) and set(starts.values()) == {1}
     assert per["a"] and per["b"], {k: len(v) for k, v in per.items()}
@@ -374,7 +313,7 @@ def test_burst_on_three_daemons_loses_and_duplicates_nothing(make_daemon) -> Non
     answers: dict[str, list[str]] = {}
 
     def burst(d: Daemon, n: int) -> None:
-        answers[d.dir.name] = submit_many(d, ["record"] * n, chunk=50)
+        answers[d.dir.name] = pipeline(d, ["record"] * n, chunk=50)
 
     threads = [threading.Thread(target=burst, args=(d, n)) for d, n in zip(daemons, (334, 333, 333))]
     for t in threads:
@@ -388,7 +327,7 @@ def test_burst_on_three_daemons_loses_and_duplicates_nothing(make_daemon) -> Non
     assert sorted(jobs) == sorted(ids)
     assert Counter(j["state"] for j in jobs.values()) == {"done": 1000}
     assert {j["attempts"] for j in jobs.values()} == {1}
-    starts = Counter(r.jobid for d in daemons for r in runs(d))
+    starts = Counter(r.jobid for d in daemons for r in d.runs())
     assert set(starts) == set(ids) and set(starts.values()) == {1}
     for d in daemons:
         assert d.proc.poll() is None

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import logging
 import os
 import re
@@ -16,110 +14,19 @@ import time
 from typing import Iterator
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from conftest import UPQ, wait_for
+from conftest import SQLITE_ONLY, UPQ, wait_for
+from helpers.net import Silent, SyslogReceiver, free_port
+from helpers.smtp import Mailbox, SmtpServer
 from notify import Notifier, check_smtp, smtp_warnings
 from parseconfig import JobConfig, MailConfig, NotifyConfig, load_config
 from upqschema import JobRow
 
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 LOCAL0, LOCAL3, USER = 16, 19, 1
 INFO, ERR = 6, 3
 
 
-# ---------------------------------------------------------------- receivers
-
-def free_port() -> int:
-    """A port with nothing listening on it (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Mailbox:
-    """aiosmtpd handler: keeps every message; can refuse the first `refuse` deliveries."""
-
-    def __init__(self, refuse: int = 0, code: str = "451 try again later"):
-        self.messages: list[tuple[str, list[str], email.message.EmailMessage]] = []
-        self.attempts = 0
-        self.refuse = refuse
-        self.code = code
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-        self.attempts += 1
-        if self.attempts <= self.refuse:
-            return self.code
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-    def wait(self, count: int = 1, timeout: float = 20.0) -> list:
-        wait_for(lambda: len(self.messages) >= count, timeout, f"{count} mail(s)")
-        return self.messages
-
-    def about(self, jobid: int) -> list:
-        return [m for m in self.messages if f"#{jobid} " in m[2]["Subject"]]
-
-
-class SmtpServer:
-    def __init__(self, handler: Mailbox, **kw):
-        self.handler = handler
-        self.kw = kw
-
-    def __enter__(self) -> "SmtpServer":
-        for _ in range(5):      # the free port may be taken by a parallel test run meanwhile
-            self.port = free_port()
-            self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **self.kw)
-            try:
-                self.controller.start()
-                return self
-            except Exception:  # noqa: BLE001 - aiosmtpd wraps bind errors in several types
-                continue
-        raise AssertionError("could not start the test SMTP server")
-
-    def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
-
-
-class SyslogReceiver:
-    """A UDP socket on 127.0.0.1 that collects records."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.records: list[str] = []
-
-    def wait(self, count: int = 1, timeout: float = 20.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while len(self.records) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out waiting for {count} syslog record(s); got {self.records}")
-            self.sock.settimeout(left)
-            try:
-                self.records.append(self.sock.recv(65536).decode())
-            except socket.timeout:
-                pass
-        return self.records
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Silent:
-    """A TCP server that accepts and never says a word: a hung SMTP server."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
-
+# ---------------------------------------------------------------- fixtures
 
 class Records(logging.Handler):
     """Collects log records from a Notifier under test."""

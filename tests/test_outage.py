@@ -19,105 +19,20 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import UPQ, Conn, Daemon, wait_for
-
-MARIADBD = "/usr/sbin/mariadbd"
-ANSWER_BOUND = 10.0            # SPEC: every request answered within 10 s, database or not
-AMBIGUOUS = "may or may not be stored"
-
-
-def _missing_tool_means_skip(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateMariaDB:
-    """A throw-away mariadbd on its own data dir and port; root has no password."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.datadir = base / "data"
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def install(self) -> None:
-        install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
-        if install is None or not os.access(MARIADBD, os.X_OK):
-            _missing_tool_means_skip(f"{MARIADBD} or mariadb-install-db is not installed")
-        res = subprocess.run([install, "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-                              "--auth-root-authentication-method=normal", "--skip-test-db"],
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-
-    def start(self) -> None:
-        log = open(self.base / "mariadbd.out", "ab")
-        self.proc = subprocess.Popen(
-            [MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.base / 'm.sock'}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root",
-             f"--pid-file={self.base / 'm.pid'}", f"--log-error={self.base / 'mariadbd.err'}",
-             "--innodb-buffer-pool-size=32M"],
-            stdout=log, stderr=log)
-        log.close()
-        try:
-            wait_for(self.answers, 60, f"the private mariadbd on port {self.port} to answer")
-        except AssertionError as exc:
-            err = self.base / "mariadbd.err"
-            tail = err.read_text(errors="replace")[-1500:] if err.exists() else ""
-            raise AssertionError(f"{exc}; its log ends: {tail}") from None
-
-    def answers(self) -> bool:
-        import pymysql
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"mariadbd exited with {self.proc.returncode}")
-        try:
-            pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1).close()
-            return True
-        except pymysql.err.MySQLError:
-            return False
-
-    def execute(self, sql: str) -> None:
-        import pymysql
-        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=3)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-            conn.commit()
-        finally:
-            conn.close()
-
-    def url(self, database: str) -> str:
-        return f"mysql+pymysql://root@127.0.0.1:{self.port}/{database}"
-
-    def kill(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        if sig in (signal.SIGKILL, signal.SIGTERM):
-            self.proc.wait(timeout=60)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+from helpers.client import AMBIGUOUS
+from helpers.mariadb import PrivateMariaDB
+from helpers.outage import ANSWER_BOUND, OutageProbe, timed_ask
+from helpers.records import attempts_by_job
 
 
 @pytest.fixture
@@ -140,9 +55,7 @@ def daemons() -> Iterator[list[Daemon]]:
     made: list[Daemon] = []
     yield made
     for d in made:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=10)
+        d.kill_if_running()
         shutil.rmtree(d.dir, ignore_errors=True)
 
 
@@ -152,93 +65,15 @@ def new_daemon(daemons: list[Daemon], url: str, jobs: dict[str, dict[str, str]])
     return d
 
 
-def timed_ask(d: Daemon, line: str) -> tuple[str, float]:
-    t0 = time.monotonic()
-    with Conn(d.socket, timeout=ANSWER_BOUND + 20) as c:
-        answer = c.ask(line)
-    return answer, time.monotonic() - t0
-
-
-def starts(d: Daemon) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for r in d.read_records():
-        if r[0] == "start":
-            out.setdefault(int(r[1]), []).append(int(r[2]))
-    return out
-
-
 def ends(d: Daemon) -> set[int]:
-    return {int(r[1]) for r in d.read_records() if r[0] == "end"}
+    """The jobs whose record run got to its end here."""
+    return set(attempts_by_job(d.read_records(), "end"))
 
 
 def stored_tags(d: Daemon) -> dict[str, int]:
     """params `tag` -> jobid, for every stored job (the tests stay under list's 1000)."""
     rows = json.loads(d.ask("list limit:1000")[4:])
     return {r["params"]["tag"]: r["jobid"] for r in rows if "tag" in r["params"]}
-
-
-class OutageProbe:
-    """Keeps asking during an outage and checks every answer against the SPEC."""
-
-    def __init__(self, d: Daemon, what: str = "database"):
-        self.d = d
-        self.what = what
-        self.seq = 0
-        self.refused: dict[str, str] = {}     # tag -> ERR line
-        self.false_acks: list[str] = []
-        self.slow: list[tuple[str, float]] = []
-        self.asked = 0
-
-    def round(self, jobid: int) -> None:
-        """At once: a submission, a pipelined burst of five, a status; then pings meanwhile.
-        Every answer bounded."""
-        self.seq += 1
-        seq = self.seq
-        with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(self._submission, seq), pool.submit(self._burst, seq),
-                       pool.submit(self._status, jobid)]
-            while not all(f.done() for f in futures):
-                answer, took = timed_ask(self.d, "ping")
-                assert answer == "ACK pong" and took < 2.0, (answer, took)
-                self.asked += 1
-                wait(futures, timeout=0.5)
-            for f in futures:
-                f.result()
-        self.asked += 7
-
-    def _submission(self, seq: int) -> None:
-        tag = f"out-{seq}"
-        answer, took = timed_ask(self.d, f"record tag:{tag}")
-        self._check_submission(tag, answer, took)
-
-    def _burst(self, seq: int) -> None:
-        tags = [f"out-{seq}-{i}" for i in range(5)]
-        t0 = time.monotonic()
-        with Conn(self.d.socket, timeout=ANSWER_BOUND + 20) as c:
-            c.send("".join(f"record tag:{t}\n" for t in tags))
-            for t in tags:
-                self._check_submission(t, c.line(), time.monotonic() - t0)
-
-    def _status(self, jobid: int) -> None:
-        answer, took = timed_ask(self.d, f"status {jobid}")
-        self._bounded(f"status {jobid}", took)
-        assert answer.startswith("ERR ") and self.what in answer, f"status during the outage: {answer}"
-
-    def _check_submission(self, tag: str, answer: str, took: float) -> None:
-        self._bounded(tag, took)
-        if answer.startswith("ACK"):
-            self.false_acks.append(f"{tag}: {answer}")
-            return
-        assert answer.startswith("ERR ") and self.what in answer, f"{tag}: {answer}"
-        self.refused[tag] = answer
-
-    def _bounded(self, what: str, took: float) -> None:
-        if took > ANSWER_BOUND:
-            self.slow.append((what, round(took, 1)))
-
-    def verdict(self) -> None:
-        assert not self.false_acks, f"ACK while the database was down: {self.false_acks[:5]}"
-        assert not self.slow, f"answers slower than {ANSWER_BOUND}s during the outage: {self.slow[:10]}"
 
 
 def run_mariadb_outage(private_mariadb: PrivateMariaDB, daemons: list[Daemon], stop_sig: int) -> None:
@@ -251,7 +86,7 @@ def run_mariadb_outage(private_mariadb: PrivateMariaDB, daemons: list[Daemon], s
         assert d.wait_job(jobid)["state"] == "done"
     running = [d.submit(f"record tag:running-{i} sleep:3") for i in range(2)]
     queued = [d.submit(f"record tag:queued-{i}") for i in range(3)]
-    wait_for(lambda: set(running) <= set(starts(d)), 15, "the two long jobs to start")
+    wait_for(lambda: set(running) <= set(d.starts()), 15, "the two long jobs to start")
 
     private_mariadb.kill(stop_sig)
     probe = OutageProbe(d)
@@ -285,7 +120,7 @@ def run_mariadb_outage(private_mariadb: PrivateMariaDB, daemons: list[Daemon], s
         job = d.wait_job(jobid, timeout=30)
         assert job["state"] == "done", (jobid, job["state"], job["msg"])
     # the running jobs' outcomes were written, once: each ran exactly once, as attempt 1
-    history = starts(d)
+    history = d.starts()
     for jobid in running:
         assert history[jobid] == [1], (jobid, history[jobid])
         assert d.job(jobid)["attempts"] == 1 and d.job(jobid)["result"] == {"attempt": 1}

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import Daemon, wait_for
+from helpers.client import newest_jobid
 from upqschema import MAX_MSG_CHARS, MAX_RESULT_CHARS
 
 DAEMON_JOBS = {"hugemsg": {}, "hugeresult": {}, "oddresult": {}, "initraiser": {}, "hello": {}}
@@ -34,11 +35,6 @@ def ended(d: Daemon, line: str, state: str = "done") -> dict:
     assert job["state"] == state, (line, job["state"], job["msg"][:300])
     assert d.ask("ping") == "ACK pong"
     return job
-
-
-def newest_jobid(d: Daemon) -> int:
-    rows = json.loads(d.ask("list limit:1")[4:])
-    return rows[0]["jobid"] if rows else 0
 
 
 def reject_constant(name: str) -> None:

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import Conn, Daemon, wait_for
+from helpers.client import newest_jobid
 
 JOBS = {"hello": {"concurrent": "2", "greeting": "Hi"}, "fail": {}}
 IDLE_TIMEOUT = 2.0
@@ -62,11 +63,7 @@ class Fuzzed:
         self.rss0 = self.proc("VmRSS")
 
     def pings(self) -> bool:
-        try:
-            with Conn(self.d.socket, timeout=5) as c:
-                return c.ask("ping") == "ACK pong"
-        except OSError:
-            return False
+        return self.d.answers_ping(timeout=5)
 
     def assert_healthy(self, what: str) -> None:
         assert self.d.proc is not None and self.d.proc.poll() is None, \
@@ -106,11 +103,6 @@ def assert_valid_jobs(d: Daemon) -> None:
             assert "name" in params, f"hello stored although check() refuses it: {job}"
 
 
-def newest_jobid(d: Daemon) -> int:
-    rows = json.loads(d.ask("list limit:1")[4:])
-    return rows[0]["jobid"] if rows else 0
-
-
 def exchange(d: Daemon, payload: bytes, answers: int, timeout: float = 15) -> list[str]:
     """Send raw bytes, read `answers` lines, then prove the connection still works."""
     with Conn(d.socket, timeout=timeout) as c:
@@ -144,9 +136,7 @@ def fz() -> Iterator[Fuzzed]:
               f"RSS {f.rss0} -> {f.proc('VmRSS')} kB")
         assert d.stop() == 0
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=10)
+        d.kill_if_running()
         shutil.rmtree(d.dir, ignore_errors=True)
 
 
