@@ -12,13 +12,14 @@ import os
 import time
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy import create_engine, event, func, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
 
 from groupcommit import describe
 from upqerrors import DatabaseUnavailable
-from upqschema import SCHEMA_VERSION, jobs, meta, metadata, utcnow
+from upqschema import SCHEMA_VERSION, meta, metadata, utcnow
 
 
 def is_sqlite(url: str) -> bool:
@@ -67,13 +68,16 @@ def make_engine(url: str, durability: str, writer: bool) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables and indexes and record the schema version; safe when daemons race."""
+    """Create missing tables, columns and indexes and record the schema version; safe when
+    daemons race (a lost race fails one attempt, and the next finds the work done)."""
     for attempt in range(3):
         try:
             with engine.begin() as conn:
                 metadata.create_all(conn, checkfirst=True)
-                for index in jobs.indexes:      # an index added since the table was made
-                    index.create(conn, checkfirst=True)
+                _add_missing_columns(conn)
+                for table in metadata.sorted_tables:
+                    for index in table.indexes:      # an index added since the table was made
+                        index.create(conn, checkfirst=True)
                 have = conn.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
                 if have is None:
                     conn.execute(insert(meta).values(name="schema_version", value=str(SCHEMA_VERSION)))
@@ -85,6 +89,18 @@ def create_schema(engine: Engine) -> None:
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """A column added to upqschema since the table was made is added to it (it must be nullable
+    or have a server_default). Names come from upqschema, never from input."""
+    present = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in present.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 class Clock:
