@@ -212,6 +212,8 @@ class QueueManager:
         for jt in types:
             for t in jt.slots.threads():
                 t.join(max(0.0, deadline - time.monotonic()))
+        for jt in types:
+            jt.executor.close()
         return not any(t.is_alive() for jt in types for t in jt.slots.threads())
 
     @property

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from groupcommit import Batchable, MergeMismatch
 from upqschema import JobRow, cap_msg, encode_result, jobs, row_from, utcnow
-from upqstates import FINAL, Outcome, RetryPolicy, State, after_run
+from upqstates import Outcome, RetryPolicy, State, after_run, final_state
 
 CANCELLED_BEFORE_RUN = "cancelled before it ran"
 
@@ -73,13 +73,6 @@ _CLAIM_SQLITE = {(lease, i): _claim_update(jobs.c.jobid.in_(pick), lease=lease).
                  for lease in (False, True) for i, pick in enumerate(_PICKS)}
 
 
-def _final_state(outcome: Outcome, row: JobRow, policy: RetryPolicy) -> State | None:
-    """The state the outcome ends the job in, unless a cancel was asked meanwhile (then the
-    fenced UPDATE misses); None when the job runs again. One fenced UPDATE records a final one."""
-    state = after_run(outcome, row.retries_used, False, policy).state
-    return state if state in FINAL else None
-
-
 def _finish_args(row: JobRow, node: str, state: str, msg: str, result: str | None,
                  now: dt.datetime) -> dict[str, Any]:
     return dict(b_jobid=row.jobid, b_attempts=row.attempts, b_node=node,
@@ -111,7 +104,7 @@ class FinishRun(Batchable):
         results: list[Any] = [None] * len(ops)
         args, fast = [], []
         for i, op in enumerate(ops):
-            state = _final_state(op.outcome, op.row, op.policy)
+            state = final_state(op.outcome, op.row.retries_used, op.policy)
             if state is not None:
                 msg, result = cap_msg(op.outcome.msg), encode_result(op.outcome.result)
                 args.append(_finish_args(op.row, op.node, state, msg, result, now))
@@ -220,7 +213,7 @@ def record_outcome(conn: Connection, row: JobRow, outcome: Outcome, node: str, p
                    db_now: Callable[[Connection], dt.datetime]) -> JobRow | None:
     """Write how a run ended, fenced on jobid, state, attempt and node; None if fenced out."""
     msg, result = cap_msg(outcome.msg), encode_result(outcome.result)
-    state = _final_state(outcome, row, policy)
+    state = final_state(outcome, row.retries_used, policy)
     if state is not None:
         # the common case: one fenced statement, no read back
         now = utcnow()

@@ -111,6 +111,8 @@ def after_run(outcome: Outcome, retries_used: int, cancel_requested: bool, polic
     return Transition(State.NEW, delay, uses_retry=True)
 
 
-def ends_job(outcome: Outcome, retries_used: int, policy: RetryPolicy) -> bool:
-    """True when the outcome, unless a cancel was asked meanwhile, ends the job for good."""
-    return after_run(outcome, retries_used, False, policy).state in FINAL
+def final_state(outcome: Outcome, retries_used: int, policy: RetryPolicy) -> State | None:
+    """The state the outcome ends the job in, unless a cancel was asked meanwhile; None when
+    the job runs again."""
+    state = after_run(outcome, retries_used, False, policy).state
+    return state if state in FINAL else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from upqstates import (FINAL, SHOWN, CancelEffect, Outcome, OutcomeKind, RetryPolicy, State, after_run,
-                       can_retry, cancel_effect, ends_job, is_final, shown)
+                       can_retry, cancel_effect, final_state, is_final, shown)
 
 DONE, FAILED, RETRY = (Outcome(k, "m") for k in (OutcomeKind.DONE, OutcomeKind.FAILED, OutcomeKind.RETRY))
 
@@ -64,7 +64,7 @@ def test_a_cancel_asked_during_the_run_wins_over_any_outcome(outcome: Outcome) -
     assert after_run(outcome, 0, True, RetryPolicy(retries=3)).state is State.CANCELLED
 
 
-def test_ends_job_matches_after_run() -> None:
+def test_final_state_matches_after_run() -> None:
     policy = RetryPolicy(retries=1)
-    assert ends_job(DONE, 0, policy) and not ends_job(FAILED, 0, policy) and ends_job(FAILED, 1, policy)
-    assert not ends_job(RETRY, 1, policy)
+    assert final_state(DONE, 0, policy) and not final_state(FAILED, 0, policy) and final_state(FAILED, 1, policy)
+    assert not final_state(RETRY, 1, policy)
