@@ -40,6 +40,17 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         delay = min(0.1, delay * 2)
 
 
+def need_tool(path: str, package: str) -> str:
+    """The path of an outside tool a test needs: a skip with the package to install, a failure under CI."""
+    found = shutil.which(path)
+    if found:
+        return found
+    reason = f"{path} is not installed (Debian package {package})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
 class Conn:
     """One client connection speaking the line protocol; every read is bounded."""
 

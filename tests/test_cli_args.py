@@ -5,7 +5,6 @@ Where a server is needed, a tiny echo peer stands in for upq: it answers each li
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socketserver
@@ -21,15 +20,7 @@ import pytest
 from conftest import CLI
 
 
-def load_cli():
-    """Import upq-cli.py (a dash in its name) as a module."""
-    spec = importlib.util.spec_from_file_location("upq_cli", CLI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = load_cli()
+import upqcli as cli
 
 
 @pytest.fixture
