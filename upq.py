@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cfgpath import DEFAULT_CONFIG_HELP, config_or_default
 from module_loader import load_job_class
 from parseconfig import Config, load_config
 from upqdaemon import Signals, detach, exit_now, sd_notify, unlink
@@ -33,16 +34,18 @@ VERSION = "0.1.0"
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="upq.py",
+        prog=os.path.basename(sys.argv[0]) or "upq",
         description="upq job dispatcher: stores jobs sent over a Unix socket in SQL and runs them "
                     "on worker threads. Runs in the foreground unless --daemon is given.")
-    p.add_argument("-c", "--config", default="upq.cfg", help="config file (default: ./upq.cfg)")
+    p.add_argument("-c", "--config", help=f"config file (default: {DEFAULT_CONFIG_HELP})")
     p.add_argument("--daemon", action="store_true", help="detach from the terminal (sysvinit)")
     p.add_argument("--pidfile", help="with --daemon: write the process id here")
     p.add_argument("--check-config", action="store_true",
                    help="check the config and import every enabled job, print all problems, exit 0/1")
     p.add_argument("--version", action="version", version=f"upq {VERSION}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.config = config_or_default(args.config)
+    return args
 
 
 def load_jobs(config: Config) -> tuple[dict[str, type[UpqJob]], list[str]]:

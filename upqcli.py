@@ -16,8 +16,9 @@ import sys
 import threading
 from typing import BinaryIO, Iterable, Mapping, NoReturn
 
+from cfgpath import DEFAULT_CONFIG_HELP, SYSTEM_CONFIG, default_config
+
 PROG = "upq-cli"
-DEFAULT_CONFIG = "./upq.cfg"
 CONNECT_TIMEOUT = 5.0       # seconds; a daemon that is up accepts at once
 WAIT_MARGIN = 15.0          # seconds past --timeout before we stop listening for `wait`
 NEEDS_QUOTES = frozenset('"\\')
@@ -35,8 +36,9 @@ examples:
   upq-cli.py --json help                   the commands and job types upq offers
   printf 'ping\\nstats\\n' | upq-cli.py -   one request per input line, pipelined
 
-the socket: -s SOCKET, else $UPQ_SOCKET, else [paths] socket of -c CONFIG or of
-./upq.cfg (a "./" there is relative to the config file's folder).
+the socket: -s SOCKET, else $UPQ_SOCKET, else [paths] socket of -c CONFIG, else of
+./upq.cfg if it exists, else of /etc/upq/upq.cfg (a "./" there is relative to the
+config file's folder).
 -H HOST:PORT talks TCP to upq's [server] listen address and sends
 "auth $UPQ_TOKEN" first.
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with a --help a newcomer can follow."""
     parser = argparse.ArgumentParser(
-        prog="upq-cli.py",
+        prog=os.path.basename(sys.argv[0]) or PROG,
         description="Talk to a running upq: submit jobs, ask their status, wait for them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-s", "--socket", metavar="SOCKET",
                        help="path of upq's Unix socket")
     where.add_argument("-c", "--config", metavar="CONFIG",
-                       help=f"read the socket path from this upq.cfg (default {DEFAULT_CONFIG})")
+                       help=f"read the socket path from this upq.cfg (default: {DEFAULT_CONFIG_HELP})")
     where.add_argument("-H", "--host", metavar="HOST:PORT",
                        help="talk TCP to upq's [server] listen address; needs $UPQ_TOKEN")
     parser.add_argument("--wait", action="store_true",
@@ -174,17 +176,18 @@ def check_request(line: str) -> None:
 
 def resolve_socket(socket_opt: str | None, config_opt: str | None,
                    environ: Mapping[str, str]) -> str:
-    """The Unix socket path: -s, else $UPQ_SOCKET, else [paths] socket of -c or ./upq.cfg."""
+    """The Unix socket path: -s, else $UPQ_SOCKET, else [paths] socket of -c, ./upq.cfg or /etc/upq/upq.cfg."""
     if socket_opt:
         return socket_opt
     if environ.get("UPQ_SOCKET"):
         return environ["UPQ_SOCKET"]
     if config_opt:
         return socket_from_config(config_opt)
-    if os.path.exists(DEFAULT_CONFIG):
-        return socket_from_config(DEFAULT_CONFIG)
+    config = default_config()
+    if os.path.exists(config):
+        return socket_from_config(config)
     raise CliError("which upq? no socket given: use -s SOCKET, set $UPQ_SOCKET, "
-                   f"or -c CONFIG (there is no {DEFAULT_CONFIG} here)")
+                   f"or -c CONFIG (there is no ./upq.cfg here, nor {SYSTEM_CONFIG})")
 
 
 def socket_from_config(path: str) -> str:
