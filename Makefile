@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test check bench soak clean
+.PHONY: run test check bench soak clean wheel deb deb-deps deb-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,5 +35,28 @@ bench: $(BENCH_STAMP)
 soak: $(STAMP)
 	UPQ_SOAK=1 $(PY) -m pytest -q tests/test_chaos.py
 
+# --- installing: wheel and Debian package (README "Installing") ---------------------------
+# the Debian tools `make deb` / `make deb-check` need; only what is missing is installed
+DEB_TOOLS := debhelper dpkg-dev fakeroot lintian debootstrap groff-base man-db python3-venv
+deb-deps:
+	@missing=$$(for p in $(DEB_TOOLS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+wheel: $(STAMP)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build *.egg-info
+
+# ../upq_<version>_amd64.deb, copied to dist/ (it carries its own virtualenv, so amd64)
+deb: deb-deps
+	dpkg-buildpackage -us -uc -b
+	mkdir -p dist && cp ../upq_*_amd64.deb dist/
+
+# build, lintian, then install into a cached Debian 12 root and run a job there (tools/deb-check)
+deb-check: deb-deps
+	tools/deb-check
+
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache build dist *.egg-info
