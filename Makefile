@@ -49,10 +49,16 @@ wheel: $(STAMP)
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 	rm -rf build *.egg-info
 
-# ../upq_<version>_amd64.deb, copied to dist/ (it carries its own virtualenv, so amd64)
+# dist/upq_<version>_amd64.deb (amd64: it carries its own virtualenv). Built in a copy of the
+# tree under /tmp, so dpkg-buildpackage's files stay out of the clone.
 deb: deb-deps
-	dpkg-buildpackage -us -uc -b
-	mkdir -p dist && cp ../upq_*_amd64.deb dist/
+	rm -f dist/upq_*.deb
+	tmp=$$(mktemp -d /tmp/upq-deb.XXXXXX) && mkdir $$tmp/upq && \
+	tar --exclude=./.git --exclude=./.venv --exclude=./var --exclude=./dist --exclude=__pycache__ \
+		--exclude=.pytest_cache --exclude=.hypothesis -cf - . | tar -C $$tmp/upq -xf - && \
+	(cd $$tmp/upq && dpkg-buildpackage -us -uc -b) && \
+	mkdir -p dist && cp $$tmp/upq_*.deb dist/ && rm -rf $$tmp
+	@ls -l dist/upq_*.deb
 
 # build, lintian, then install into a cached Debian 12 root and run a job there (tools/deb-check)
 deb-check: deb-deps
