@@ -36,9 +36,8 @@ examples:
   upq-cli.py --json help                   the commands and job types upq offers
   printf 'ping\\nstats\\n' | upq-cli.py -   one request per input line, pipelined
 
-the socket: -s SOCKET, else $UPQ_SOCKET, else [paths] socket of -c CONFIG, else of
-./upq.cfg if it exists, else of /etc/upq/upq.cfg (a "./" there is relative to the
-config file's folder).
+the socket: -s, else $UPQ_SOCKET, else [paths] socket of -c CONFIG, else of ./upq.cfg
+if it exists, else of /etc/upq/upq.cfg ("./" there: relative to that file's folder).
 -H HOST:PORT talks TCP to upq's [server] listen address and sends
 "auth $UPQ_TOKEN" first.
 
@@ -183,8 +182,7 @@ def resolve_socket(socket_opt: str | None, config_opt: str | None,
         return environ["UPQ_SOCKET"]
     if config_opt:
         return socket_from_config(config_opt)
-    config = default_config()
-    if os.path.exists(config):
+    if os.path.exists(config := default_config()):
         return socket_from_config(config)
     raise CliError("which upq? no socket given: use -s SOCKET, set $UPQ_SOCKET, "
                    f"or -c CONFIG (there is no ./upq.cfg here, nor {SYSTEM_CONFIG})")
