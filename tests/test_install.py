@@ -47,7 +47,7 @@ def installed() -> Iterator[tuple[Path, Path]]:
         # a copy, so the build's egg-info and build/ stay out of the clone
         shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
             ".git", ".venv", "var", "__pycache__", ".pytest_cache", ".hypothesis", "build", "*.egg-info",
-            "debian", "man"))
+            "debian", "man", "dist"))
         out = tmp / "dist"
         run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
              "-w", str(out), str(src)], timeout=180)
