@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
+    from upqschedule import Scheduler
     from upqserver import UpqServer
 
 VERSION = "0.1.0"
@@ -83,6 +84,7 @@ class Running:
     keeper: "NodeKeeper"
     servers: "list[UpqServer]"
     reloader: "Reloader"
+    scheduler: "Scheduler | None" = None
 
 
 def prepare(d: Daemon) -> None:
@@ -136,6 +138,7 @@ def start(d: Daemon) -> Running:
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
+    from upqschedule import Scheduler
     from upqserver import UpqServer
     from upqsubmit import Submitter
 
@@ -152,7 +155,8 @@ def start(d: Daemon) -> Running:
     control = Control(manager, db, completions, srv.poll_interval)
     submitter = Submitter(manager, db, control.wait)
     reloader = Reloader(d, manager)
-    dispatcher = Dispatcher(submitter, control, manager, reloader.reload)
+    scheduler = Scheduler(db, submitter, manager, log, node)
+    dispatcher = Dispatcher(submitter, control, manager, reloader.reload, schedules=scheduler.describe)
     servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
                          logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
                for sock in d.listeners]
@@ -166,7 +170,8 @@ def start(d: Daemon) -> Running:
     notifier.start()
     manager.start(host=submitter)
     keeper.start()
-    return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
+    scheduler.start()
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler)
 
 
 class Reloader:
@@ -258,6 +263,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
         server.shutdown()
         server.server_close()
     unlink(d.config.paths.socket)
+    if r.scheduler is not None:
+        r.scheduler.stop()
     all_ended = r.manager.stop(d.config.server.shutdown_grace)
     r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
     if not all_ended:

@@ -49,6 +49,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stats", "stats", "counts per job type and state"),
     Command("help", "help", "this text"),
     Command("reload", "reload", "re-read the [job] sections and reopen the log (like SIGHUP)"),
+    Command("schedules", "schedules", "periodic job types: schedule, zone, next and last due time"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)
@@ -263,6 +264,7 @@ def job_json(row: "JobRow") -> dict[str, Any]:
         "attempts": row.attempts, "created": iso(row.created),
         "started": iso(row.started), "finished": iso(row.finished),
         "run_after": iso(row.run_after), "node": row.node, "parent": row.parent,
+        "due": iso(row.due),
     }
 
 

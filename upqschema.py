@@ -42,6 +42,7 @@ jobs = Table(
     Column("node", String(255), nullable=True),
     Column("parent", BigInteger, nullable=True),
     Column("cancel_requested", Integer, nullable=False, default=0),
+    Column("due", _Time, nullable=True),       # the schedule's due time of a periodic run
     # claims (due at once: run_after NULL, by jobid; delayed: by run_after, so jobs not due yet
     # are never scanned) and per-type counts (stats) are all served by this index
     Index("ix_upq_jobs_due", "jobname", "state", "run_after", "jobid"),
@@ -58,6 +59,17 @@ nodes = Table(
     Column("started", _Time, nullable=False),
     Column("heartbeat", _Time, nullable=False),
     Column("state", String(16), nullable=False),          # alive | dead | stopped
+)
+
+# one row per (job type, due time) of a schedule: the primary key is what makes each due
+# time submitted exactly once across daemons (upqschedule.py); `note` says what became of it
+schedule_runs = Table(
+    "upq_schedule_runs", metadata,
+    Column("jobname", String(64), primary_key=True),
+    Column("due", _Time, primary_key=True),
+    Column("jobid", BigInteger, nullable=True),
+    Column("note", String(64), nullable=False, default=""),
+    Column("node", String(255), nullable=True),
 )
 
 meta = Table(
@@ -84,6 +96,7 @@ class JobRow:
     run_after: dt.datetime | None
     node: str | None
     parent: int | None
+    due: dt.datetime | None = None      # set for runs a schedule submitted
 
     @property
     def is_final(self) -> bool:
@@ -125,4 +138,4 @@ def row_from(r: Any) -> JobRow:
         result=None if r.result is None else json.loads(r.result),
         attempts=r.attempts, retries_used=r.retries_used, created=r.created,
         started=r.started, finished=r.finished, run_after=r.run_after,
-        node=r.node, parent=r.parent)
+        node=r.node, parent=r.parent, due=getattr(r, "due", None))

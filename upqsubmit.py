@@ -83,6 +83,14 @@ class Submitter:
         child.jobid = self._store(jt, child, parent=parent.jobid).result().jobid
         return child
 
+    def checked(self, name: str, params: dict[str, str]) -> dict[str, str]:
+        """A periodic run's params after check(), as a submission's (JobRejected if refused);
+        the schedule stores the run itself, so a row check() held is dropped."""
+        job = self._instantiate(self.manager.job_type(name), params)
+        self._check(job)
+        self._drop_held(job)
+        return dict(job.jobdata)
+
     def enqueue_from_check(self, job: UpqJob) -> int:
         """UpqJob.enqueue_job(): store now, held until check() returns True."""
         return self.db.insert_job_async(job.jobname, dict(job.jobdata), state=State.HELD,
