@@ -16,6 +16,8 @@ import sys
 import threading
 from typing import BinaryIO, Iterable, Mapping, NoReturn
 
+from upqclisched import schedules_table
+
 PROG = "upq-cli"
 DEFAULT_CONFIG = "./upq.cfg"
 CONNECT_TIMEOUT = 5.0       # seconds; a daemon that is up accepts at once
@@ -123,7 +125,11 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
-        return print_answer(conn.ask(line), opts.json)
+        answer = conn.ask(line)
+        if opts.command == "schedules" and not opts.json and (table := schedules_table(answer)):
+            print(table, flush=True)
+            return EXIT_ACK
+        return print_answer(answer, opts.json)
     finally:
         conn.close()
 

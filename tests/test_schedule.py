@@ -69,6 +69,8 @@ def test_due_in_job_json_and_schedules_command(make_daemon):
     assert entry["last_jobid"] is not None
     table = d.cli("schedules")
     assert table.returncode == 0 and "hello" in table.stdout and "every 2s" in table.stdout
+    assert table.stdout.split()[:3] == ["jobname", "schedule", "tz"] and "ACK" not in table.stdout
+    assert json.loads(d.cli("--json", "schedules").stdout)[0]["jobname"] == "hello"
     assert d.ask("schedules now").startswith("ERR")
 
 
