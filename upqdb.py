@@ -22,6 +22,7 @@ from upqengine import Clock, create_schema, is_sqlite, make_engine
 from upqerrors import DatabaseUnavailable
 from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
 from upqschema import JobRow, iso, jobs, nodes, row_from, utcnow
+from upqunique import find_twin
 from upqstates import QUEUED, CancelEffect, Outcome, RetryPolicy, State, can_retry, cancel_effect, shown
 
 T = TypeVar("T")
@@ -109,6 +110,10 @@ class Database:
                 per[shown(state)] = per.get(shown(state), 0) + n
             return out
         return self._read(q)
+
+    def twin_of(self, jobname: str, digest: str) -> int | None:
+        """The new-or-running job of a unique type with that digest (upqunique)."""
+        return self._read(lambda conn: find_twin(conn, jobname, digest))
 
     def cancel_requests(self, node: str) -> list[int]:
         """Jobs running on (or leased by) this node that a client, on any daemon, asked to cancel."""
@@ -210,14 +215,16 @@ class Database:
     def cancel(self, jobid: int, node: str, withdrawn: bool) -> tuple[State, JobRow] | None:
         """Cancel as upqstates.cancel_effect says: a queued job at once, a running one flagged
         (`withdrawn`: a job leased by this node was taken out of its queue); (state before, row)."""
-        effects = {CancelEffect.NOW: dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN),
+        effects = {CancelEffect.NOW: dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN,
+                                          unique_key=None),
                    CancelEffect.FLAG: dict(cancel_requested=1)}
         return self._change_by_state(
             jobid, lambda state, holder: effects.get(cancel_effect(state, withdrawn and holder == node)))
 
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
-        again = dict(state=State.NEW, run_after=None, finished=None, retries_used=0, cancel_requested=0)
+        again = dict(state=State.NEW, run_after=None, finished=None, retries_used=0, cancel_requested=0,
+                     unique_key=jobs.c.unique_digest)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]

@@ -61,3 +61,39 @@ def periodic_from(values: Mapping[str, str], problem: Problem) -> Periodic | Non
         problem("schedule_overlap", f"expected one of {' | '.join(OVERLAP)}, got {overlap!r}")
         ok = False
     return Periodic(sched, tz, params, overlap) if ok else None
+
+
+def unique_from(values: Mapping[str, str], problem: Problem) -> tuple[str, ...]:
+    """`unique`: the param names that make two jobs of a type the same ("*" = all); () = off."""
+    from upqproto import KEY_RE
+    names = tuple(values.get("unique", "").replace(",", " ").split())
+    if names == ("*",):
+        return names
+    bad = [n for n in names if not KEY_RE.match(n)]
+    if bad:
+        problem("unique", f"expected param names or *, got {' '.join(bad)!r}")
+        return ()
+    return tuple(sorted(set(names)))
+
+
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+
+
+def priority_value(raw: str) -> int:
+    """A priority, -100..100 (higher runs first); ValueError if not."""
+    value = int(raw.strip())
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+    return value
+
+
+def priority_from(values: Mapping[str, str], problem: Problem) -> int:
+    """`priority`: the type's default priority for its jobs (0)."""
+    raw = values.get("priority", "").strip()
+    if not raw:
+        return 0
+    try:
+        return priority_value(raw)
+    except ValueError:
+        problem("priority", f"expected a whole number from {PRIORITY_MIN} to {PRIORITY_MAX}, got {raw!r}")
+        return 0

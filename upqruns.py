@@ -18,14 +18,14 @@ from sqlalchemy.engine import Connection
 
 from groupcommit import Batchable, MergeMismatch
 from upqschema import JobRow, cap_msg, encode_result, jobs, row_from, utcnow
-from upqstates import Outcome, RetryPolicy, State, after_run, final_state
+from upqstates import Outcome, RetryPolicy, State, after_run, final_state, is_final
 
 CANCELLED_BEFORE_RUN = "cancelled before it ran"
 
 # A run's outcome (state, msg, result, finished), fenced on the run (b_node, and b_jobid with
 # b_attempts); a flagged cancel makes it miss.
 _OUTCOME = dict(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
-                finished=bindparam("finished"))
+                finished=bindparam("finished"), unique_key=None)     # final: a twin may come in
 _RUN_FENCE = (jobs.c.state == State.RUNNING, jobs.c.node == bindparam("b_node"), jobs.c.cancel_requested == 0)
 _FINISH = (update(jobs)
            .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.attempts == bindparam("b_attempts"), *_RUN_FENCE)
@@ -169,7 +169,7 @@ def release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
     meanwhile. `crashed`: their daemon died, and a worker may have begun one whose start
     was not committed yet, so `attempts` counts one up (it never undercounts runs started)."""
     conn.execute(update(jobs).where(jobs.c.state == State.LEASED, jobs.c.cancel_requested == 1, *where)
-                 .values(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN))
+                 .values(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN, unique_key=None))
     values: dict[str, Any] = dict(state=State.NEW, node=None)
     if crashed:
         values["attempts"] = jobs.c.attempts + 1
@@ -235,6 +235,8 @@ def record_outcome(conn: Connection, row: JobRow, outcome: Outcome, node: str, p
     now = db_now(conn)
     step = after_run(outcome, cur.retries_used, bool(cur.cancel_requested), policy)
     values: dict[str, Any] = {"msg": msg, "result": result, "state": step.state, "finished": now}
+    if is_final(step.state):
+        values["unique_key"] = None
     if step.delay is not None:
         values.update(finished=None, run_after=now + dt.timedelta(seconds=step.delay))
     if step.uses_retry:

@@ -28,6 +28,7 @@ from upqqueuemngr import QueueManager
 from upqschema import iso, jobs, schedule_runs, utcnow
 from upqstates import QUEUED, State, shown
 from upqsubmit import Submitter
+from upqunique import insert_ignore
 
 TICK = 1.0          # seconds between looks at the schedules
 STALE = 10.0        # a due time this old at a look was missed (every daemon was down): catch up
@@ -41,12 +42,6 @@ def aware(t: dt.datetime) -> dt.datetime:
 
 def naive(t: dt.datetime) -> dt.datetime:
     return t.astimezone(UTC).replace(tzinfo=None)
-
-
-def _insert_ignore(table: Any) -> Any:
-    """INSERT that does nothing on a duplicate key (rowcount 0): the loser of a race."""
-    return (insert(table).prefix_with("OR IGNORE", dialect="sqlite")
-            .prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb"))
 
 
 def plan(periodic: Periodic, since: dt.datetime, now: dt.datetime) -> list[tuple[dt.datetime, str]]:
@@ -133,7 +128,7 @@ class Scheduler:
             params = None
 
         def op(conn: Connection) -> int | None:
-            won = conn.execute(_insert_ignore(schedule_runs), dict(
+            won = conn.execute(insert_ignore(schedule_runs), dict(
                 jobname=name, due=naive(due), jobid=None, node=self.node,
                 note=NOTE_REJECTED if params is None else note)).rowcount == 1
             if not won:

@@ -43,12 +43,18 @@ jobs = Table(
     Column("parent", BigInteger, nullable=True),
     Column("cancel_requested", Integer, nullable=False, default=0),
     Column("due", _Time, nullable=True),       # the schedule's due time of a periodic run
+    # unique jobs: the digest of the `unique` params; unique_key holds it only while the job is
+    # new or running (NULLed in the same statement that ends it), so the unique index below
+    # lets one active job per (type, digest) in, across daemons (NULLs never collide)
+    Column("unique_digest", String(64), nullable=True),
+    Column("unique_key", String(64), nullable=True),
     # claims (due at once: run_after NULL, by jobid; delayed: by run_after, so jobs not due yet
     # are never scanned) and per-type counts (stats) are all served by this index
     Index("ix_upq_jobs_due", "jobname", "state", "run_after", "jobid"),
     # list by state, newest first (orphan recovery filters the few running rows by node)
     Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
+    Index("ux_upq_jobs_unique", "jobname", "unique_key", unique=True),
 )
 
 nodes = Table(
@@ -97,6 +103,7 @@ class JobRow:
     node: str | None
     parent: int | None
     due: dt.datetime | None = None      # set for runs a schedule submitted
+    unique_digest: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -138,4 +145,5 @@ def row_from(r: Any) -> JobRow:
         result=None if r.result is None else json.loads(r.result),
         attempts=r.attempts, retries_used=r.retries_used, created=r.created,
         started=r.started, finished=r.finished, run_after=r.run_after,
-        node=r.node, parent=r.parent, due=getattr(r, "due", None))
+        node=r.node, parent=r.parent, due=getattr(r, "due", None),
+        unique_digest=getattr(r, "unique_digest", None))

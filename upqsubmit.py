@@ -7,6 +7,7 @@ JobHost): `enqueue_job()` inside check() (2011 style) and sub-jobs.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from upqdb import Database
 from upqerrors import JobRejected
 from upqjob import UpqJob
 from upqqueuemngr import JobType, QueueManager
-from upqschema import JobRow
+from upqschema import JobRow, utcnow
 from upqstates import State
+from upqunique import DUPLICATE, AcceptHeldUnique, UniqueInsert, unique_digest
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class Submitter:
                delay: float | None = None) -> Submitted:
         if jt.inline and not delay:
             return Pending.resolved(self._run_inline(jt, job, parent))
+        digest = unique_digest(jt.config.unique, job.jobdata)
+        if digest is not None:
+            return self._store_unique(jt, job, digest, parent, delay)
         if job.jobid is not None:           # 2011 style: check() called enqueue_job()
             self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
@@ -131,6 +136,20 @@ class Submitter:
         msg = job.msg
         return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay),
                       lambda jobid: Accepted(jobid, msg))
+
+    def _store_unique(self, jt: JobType, job: UpqJob, digest: str, parent: int | None,
+                      delay: float | None) -> Submitted:
+        """`unique =`: stored unless a twin is new or running (then its jobid, `duplicate`)."""
+        values = dict(jobname=jt.name, state=State.NEW, params=json.dumps(dict(job.jobdata), ensure_ascii=False),
+                      msg="", attempts=0, retries_used=0, created=utcnow(), started=None, run_after=None,
+                      node=None, parent=parent, cancel_requested=0)
+        op: "UniqueInsert | AcceptHeldUnique" = UniqueInsert(values, digest, delay, self.db.db_now)
+        if job.jobid is not None:           # 2011 style: check() called enqueue_job()
+            op = AcceptHeldUnique(job.jobid, jt.name, job.jobdata, digest, delay, self.db.db_now)
+        fut = self.db.writer.submit(op)
+        fut.add_done_callback(lambda f: f.exception() or jt.queue.wake_at(time.monotonic() + (delay or 0)))
+        msg = job.msg
+        return Mapped(fut, lambda res: Accepted(res[0], DUPLICATE if res[1] else msg))
 
     def _run_inline(self, jt: JobType, job: UpqJob, parent: int | None) -> Accepted:
         """concurrent = 0: run in the caller's thread, answer with the outcome."""
