@@ -50,7 +50,7 @@ class Dispatcher:
         proto.check_job_name(req.command)
         options, args = proto.split_options(req.args)
         return self.submitter.submit(req.command, Request(req.command, args).params(),
-                                     delay=proto.parse_delay(options))
+                                     delay=proto.parse_delay(options), priority=proto.parse_priority(options))
 
     # -- built-in commands -------------------------------------------------
     def ping(self, req: Request, gone: Gone) -> str:

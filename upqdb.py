@@ -139,14 +139,15 @@ class Database:
 
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: State = State.NEW,
                          node: str | None = None, parent: int | None = None,
-                         delay: float | None = None, now: dt.datetime | None = None) -> "Pending[int]":
+                         delay: float | None = None, now: dt.datetime | None = None,
+                         priority: int = 0) -> "Pending[int]":
         """Store a job (due `delay` seconds from now); the future holds its id once committed."""
         now = now or utcnow()
         running = state == State.RUNNING
         values = dict(jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
                       msg="", attempts=1 if running else 0, retries_used=0, created=now,
                       started=now if running else None, run_after=None, node=node, parent=parent,
-                      cancel_requested=0)
+                      cancel_requested=0, prio_rank=-priority)
         if not delay:
             return self.writer.submit(RowInsert(jobs, values))
 
@@ -156,12 +157,12 @@ class Database:
         return self.writer.submit(op)
 
     def accept_held(self, jobid: int, params: dict[str, str], state: State, node: str,
-                    delay: float | None = None) -> None:
+                    delay: float | None = None, priority: int = 0) -> None:
         """A job stored by enqueue_job() inside check() was accepted: release it."""
         def op(conn: Connection) -> None:
             run_after = None if not delay else self.db_now(conn) + dt.timedelta(seconds=delay)
             values: dict[str, Any] = {"state": state, "params": json.dumps(params, ensure_ascii=False),
-                                      "run_after": run_after}
+                                      "run_after": run_after, "prio_rank": -priority}
             if state == State.RUNNING:
                 values.update(attempts=jobs.c.attempts + 1, started=utcnow(), node=node)
             conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == State.HELD).values(**values))

@@ -145,7 +145,8 @@ class Scheduler:
             jobid = int(conn.execute(insert(jobs), dict(
                 jobname=name, state=State.NEW, params=json.dumps(params, ensure_ascii=False), msg="",
                 attempts=0, retries_used=0, created=utcnow(), started=None, run_after=None, node=None,
-                parent=None, cancel_requested=0, due=naive(due))).inserted_primary_key[0])
+                parent=None, cancel_requested=0, due=naive(due),
+                prio_rank=-self.manager.job_type(name).config.priority)).inserted_primary_key[0])
             conn.execute(update(schedule_runs).where(schedule_runs.c.jobname == name,
                                                      schedule_runs.c.due == naive(due)).values(jobid=jobid))
             return jobid

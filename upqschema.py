@@ -48,9 +48,16 @@ jobs = Table(
     # lets one active job per (type, digest) in, across daemons (NULLs never collide)
     Column("unique_digest", String(64), nullable=True),
     Column("unique_key", String(64), nullable=True),
-    # claims (due at once: run_after NULL, by jobid; delayed: by run_after, so jobs not due yet
-    # are never scanned) and per-type counts (stats) are all served by this index
-    Index("ix_upq_jobs_due", "jobname", "state", "run_after", "jobid"),
+    # priorities: prio_rank is minus the job's priority (so the claim index runs ascending);
+    # late is 0 for a delayed or retried job whose due time came (the claim promotes it:
+    # run_after NULL, late 0), so those start before the others of the same priority
+    Column("prio_rank", Integer, nullable=False, default=0, server_default="0"),
+    Column("late", Integer, nullable=False, default=1, server_default="1"),
+    # claims and per-type counts (stats) are all served by this index: a claim promotes the
+    # delayed jobs now due (the range run_after <= now), then reads the claimable ones
+    # (run_after NULL) in start order, priority first: one range however many priorities;
+    # jobs not due yet sit in the run_after > now part and are never scanned
+    Index("ix_upq_jobs_claim", "jobname", "state", "run_after", "prio_rank", "late", "jobid"),
     # list by state, newest first (orphan recovery filters the few running rows by node)
     Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
@@ -104,6 +111,7 @@ class JobRow:
     parent: int | None
     due: dt.datetime | None = None      # set for runs a schedule submitted
     unique_digest: str | None = None
+    priority: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -146,4 +154,4 @@ def row_from(r: Any) -> JobRow:
         attempts=r.attempts, retries_used=r.retries_used, created=r.created,
         started=r.started, finished=r.finished, run_after=r.run_after,
         node=r.node, parent=r.parent, due=getattr(r, "due", None),
-        unique_digest=getattr(r, "unique_digest", None))
+        unique_digest=getattr(r, "unique_digest", None), priority=-int(getattr(r, "prio_rank", 0) or 0))

@@ -75,7 +75,8 @@ class AcceptHeldUnique:
     is active (then the held row is dropped); (jobid, duplicate?)."""
 
     def __init__(self, jobid: int, jobname: str, params: Mapping[str, str], digest: str,
-                 delay: float | None, db_now: Callable[[Connection], dt.datetime]):
+                 delay: float | None, db_now: Callable[[Connection], dt.datetime], priority: int = 0):
+        self.priority = priority
         self.jobid, self.jobname, self.digest, self.delay, self.db_now = jobid, jobname, digest, delay, db_now
         self.params = json.dumps(dict(params), ensure_ascii=False)
 
@@ -83,7 +84,7 @@ class AcceptHeldUnique:
         run_after = None if not self.delay else self.db_now(conn) + dt.timedelta(seconds=self.delay)
         held = (jobs.c.jobid == self.jobid, jobs.c.state == State.HELD)
         conn.execute(update_ignore(jobs).where(*held).values(
-            state=State.NEW, params=self.params, run_after=run_after,
+            state=State.NEW, params=self.params, run_after=run_after, prio_rank=-self.priority,
             unique_key=self.digest, unique_digest=self.digest))
         # MySQL's rowcount counts matched rows, not changed ones: look at what is stored
         if conn.execute(select(jobs.c.state).where(jobs.c.jobid == self.jobid)).scalar() == State.NEW:

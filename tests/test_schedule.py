@@ -133,9 +133,11 @@ def check_config(tmp_path, body):
 def test_bad_schedule_and_zone_are_config_errors(tmp_path):
     out = check_config(tmp_path, "[job hello]\nenabled = true\nschedule = 61 * * * *\n"
                                  "[job sleep]\nenabled = true\nschedule = @daily\nschedule_tz = Mars/Base\n"
-                                 "[job fail]\nenabled = true\nschedule = every 5m\nschedule_overlap = maybe\n")
+                                 "[job fail]\nenabled = true\nschedule = every 5m\nschedule_overlap = maybe\n"
+                                 "[job record]\nenabled = true\npriority = 500\nunique = a/b\n")
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert "bad.cfg" in text and "[job hello] schedule" in text and "out of range" in text
     assert "[job sleep] schedule_tz" in text and "Mars/Base" in text
     assert "[job fail] schedule_overlap" in text
+    assert "[job record] priority" in text and "[job record] unique" in text
