@@ -224,7 +224,8 @@ class Database:
 
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
-        again = dict(state=State.NEW, run_after=None, finished=None, retries_used=0, cancel_requested=0,
+        again = dict(state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0,
+                     cancel_requested=0,
                      unique_key=jobs.c.unique_digest)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 

@@ -54,9 +54,11 @@ PROMOTE_BATCH = 1000
 _FALLEN_DUE = (jobs.c.jobname == bindparam("b_name"), jobs.c.state == State.NEW,
                jobs.c.run_after.is_not(None), jobs.c.run_after <= bindparam("b_now"))
 _PROMOTE_IDS = select(jobs.c.jobid).where(*_FALLEN_DUE).order_by(jobs.c.run_after).limit(PROMOTE_BATCH)
+# fell_due first: MySQL evaluates SET left to right, each seeing the ones before it
+_PROMOTED = ((jobs.c.fell_due, jobs.c.run_after), (jobs.c.run_after, None), (jobs.c.late, 0))
 _PROMOTE = (update(jobs).where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), *_FALLEN_DUE)
-            .values(run_after=None, late=0))
-_PROMOTE_SQLITE = update(jobs).where(jobs.c.jobid.in_(_PROMOTE_IDS)).values(run_after=None, late=0)
+            .ordered_values(*_PROMOTED))
+_PROMOTE_SQLITE = update(jobs).where(jobs.c.jobid.in_(_PROMOTE_IDS)).ordered_values(*_PROMOTED)
 _DUE_RANGES = ((jobs.c.run_after.is_(None), (jobs.c.prio_rank, jobs.c.late)),)
 
 

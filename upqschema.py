@@ -53,6 +53,7 @@ jobs = Table(
     # run_after NULL, late 0), so those start before the others of the same priority
     Column("prio_rank", Integer, nullable=False, default=0, server_default="0"),
     Column("late", Integer, nullable=False, default=1, server_default="1"),
+    Column("fell_due", _Time, nullable=True),  # run_after as it was when promoted (shown so)
     # claims and per-type counts (stats) are all served by this index: a claim promotes the
     # delayed jobs now due (the range run_after <= now), then reads the claimable ones
     # (run_after NULL) in start order, priority first: one range however many priorities;
@@ -152,6 +153,7 @@ def row_from(r: Any) -> JobRow:
         params=json.loads(r.params), msg=r.msg or "",
         result=None if r.result is None else json.loads(r.result),
         attempts=r.attempts, retries_used=r.retries_used, created=r.created,
-        started=r.started, finished=r.finished, run_after=r.run_after,
+        started=r.started, finished=r.finished,
+        run_after=r.run_after if r.run_after is not None else getattr(r, "fell_due", None),
         node=r.node, parent=r.parent, due=getattr(r, "due", None),
         unique_digest=getattr(r, "unique_digest", None), priority=-int(getattr(r, "prio_rank", 0) or 0))

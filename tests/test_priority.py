@@ -32,6 +32,8 @@ def test_backlog_starts_by_priority_then_due_then_age(make_daemon):
     # d1 has the type's priority 2, like c; delayed jobs fallen due go first within a priority
     assert order == ["d2", "b", "f", "d1", "c", "a", "e"], order
     assert d.job(ids["z"])["state"] == "new"
+    # a delayed job keeps showing when it was due, after the claim promoted and ran it
+    assert d.job(ids["d1"])["run_after"] is not None and d.job(ids["a"])["run_after"] is None
     listed = json.loads(d.ask("list new")[4:])
     assert [(j["jobid"], j["priority"]) for j in listed] == [(ids["z"], 100)]
 
