@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from groupcommit import Batchable, RowInsert
 from upqerrors import UpqError
 from upqschema import jobs
 from upqstates import State
@@ -43,8 +44,10 @@ def find_twin(conn: Connection, jobname: str, digest: str) -> int | None:
     return None if twin is None else int(twin)
 
 
-class UniqueInsert:
-    """A write operation: store the job unless a twin is active; (jobid, duplicate?)."""
+class UniqueInsert(Batchable):
+    """A write operation: store the job unless a twin is active; (jobid, duplicate?).
+    A writer batch of them is one look for twins and one multi-row insert; if another
+    daemon stored a twin meanwhile, the insert fails and the writer runs them one by one."""
 
     def __init__(self, values: dict[str, Any], digest: str, delay: float | None,
                  db_now: Callable[[Connection], dt.datetime]):
@@ -62,6 +65,40 @@ class UniqueInsert:
             if twin is not None:
                 return twin, True
         raise UpqError("could not store the unique job: its twin kept ending and starting")
+
+    @classmethod
+    def run_many(cls, conn: Connection, ops: list[Any]) -> list[Any]:
+        if any(op.delay for op in ops):
+            now = ops[0].db_now(conn)
+            for op in ops:
+                if op.delay:
+                    op.values["run_after"] = now + dt.timedelta(seconds=op.delay)
+        keys = {(op.values["jobname"], op.digest) for op in ops}
+        found: dict[tuple[str, str], int] = {}
+        for name in {k[0] for k in keys}:
+            digests = [k[1] for k in keys if k[0] == name]
+            for jobid, digest in conn.execute(select(jobs.c.jobid, jobs.c.unique_key).where(
+                    jobs.c.jobname == name, jobs.c.unique_key.in_(digests))):
+                found[name, digest] = int(jobid)
+        fresh: dict[tuple[str, str], int] = {}      # first op of each new key -> its index
+        for i, op in enumerate(ops):
+            key = (op.values["jobname"], op.digest)
+            if key not in found and key not in fresh:
+                fresh[key] = i
+        if fresh:
+            inserted = RowInsert.run_many(conn, [RowInsert(jobs, ops[i].values) for i in fresh.values()]) \
+                if len(fresh) > 1 else [RowInsert(jobs, ops[next(iter(fresh.values()))].values)(conn)]
+            created = dict(zip(fresh, inserted))
+        else:
+            created = {}
+        out = []
+        for i, op in enumerate(ops):
+            key = (op.values["jobname"], op.digest)
+            if key in found:
+                out.append((found[key], True))
+            else:
+                out.append((created[key], fresh[key] != i))
+        return out
 
 
 def update_ignore(table: Any) -> Any:

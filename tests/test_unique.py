@@ -78,3 +78,22 @@ def test_retry_with_an_active_twin_names_it(make_daemon):
     assert d.ask(f"retry {first}").startswith("ACK")
     assert d.ask("sleep seconds:30") == f"ACK {first} duplicate"  # retried: active again
     d.ask(f"cancel {first}")
+
+
+@SQLITE_ONLY
+def test_pipelined_twins_in_one_commit_store_one_job(make_daemon):
+    d = make_daemon(jobs={"sleep": {"concurrent": "1", "unique": "seconds"}})
+    blocker = d.submit("sleep seconds:8")
+    wait_for(lambda: d.job(blocker)["state"] == "running", timeout=15, what="the blocker to run")
+    with d.connect() as conn:
+        conn.send("".join(f"sleep seconds:{10 + i % 3} i:{i}\n" for i in range(30)))
+        answers = [conn.line() for _ in range(30)]
+    ids: dict[int, set[str]] = {}
+    for i, answer in enumerate(answers):
+        assert answer.startswith("ACK "), answer
+        ids.setdefault(i % 3, set()).add(answer.split()[1])
+    assert all(len(v) == 1 for v in ids.values()), answers
+    assert len({next(iter(v)) for v in ids.values()}) == 3
+    assert [a for a in answers if not a.endswith(" duplicate")] == answers[:3]
+    for jobid in [blocker] + [int(next(iter(v))) for v in ids.values()]:
+        d.ask(f"cancel {jobid}")
