@@ -75,6 +75,10 @@ class Database:
                 raise DatabaseUnavailable(describe(exc)) from exc
         raise AssertionError("unreachable")
 
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn on a read connection (errors become DatabaseUnavailable), for other modules' reads."""
+        return self._read(fn)
+
     def get_job(self, jobid: int) -> JobRow | None:
         def q(conn: Connection) -> JobRow | None:
             r = conn.execute(select(jobs).where(jobs.c.jobid == jobid)).first()

@@ -104,7 +104,7 @@ class Scheduler:
             last = conn.execute(select(func.max(schedule_runs.c.due))
                                 .where(schedule_runs.c.jobname == name)).scalar()
             return (None if last is None else aware(last)), aware(self.db.db_now(conn, exact=False))
-        return self.db._read(q)
+        return self.db.read(q)
 
     def look(self, name: str, periodic: Periodic) -> list[int]:
         """Submit what is due for one type now; the jobids this daemon stored."""
@@ -126,6 +126,7 @@ class Scheduler:
         except UpqError as exc:
             self.log.warning("periodic %s due %s: %s", name, iso(naive(due)), exc.reason)
             params = None
+        prio_rank = -self.manager.job_type(name).config.priority
 
         def op(conn: Connection) -> int | None:
             won = conn.execute(insert_ignore(schedule_runs), dict(
@@ -146,7 +147,7 @@ class Scheduler:
                 jobname=name, state=State.NEW, params=json.dumps(params, ensure_ascii=False), msg="",
                 attempts=0, retries_used=0, created=utcnow(), started=None, run_after=None, node=None,
                 parent=None, cancel_requested=0, due=naive(due),
-                prio_rank=-self.manager.job_type(name).config.priority)).inserted_primary_key[0])
+                prio_rank=prio_rank)).inserted_primary_key[0])
             conn.execute(update(schedule_runs).where(schedule_runs.c.jobname == name,
                                                      schedule_runs.c.due == naive(due)).values(jobid=jobid))
             return jobid
@@ -189,4 +190,4 @@ class Scheduler:
                             "last_note": None if last is None else last.note,
                             "overlap": p.overlap})
             return out
-        return self.db._read(q)
+        return self.db.read(q)
