@@ -122,3 +122,17 @@ def test_latest_due_collapses_missed_runs():
     assert latest_due(s, u(2026, 1, 1, 0, 30), u(2026, 1, 1, 0, 35)) == (None, 0)
     e = EverySchedule("every 2s", 2)
     assert latest_due(e, u(2026, 1, 1), u(2026, 1, 1, 0, 0, 9)) == (u(2026, 1, 1, 0, 0, 8), 4)
+
+
+def test_scheduler_plan_fills_recent_slots_and_collapses_stale_ones():
+    from upqjobkeys import Periodic
+    from upqschedule import plan
+    p = Periodic(parse_schedule("every 2s"))
+    t = u(2026, 1, 1, 12, 0, 0)
+    assert plan(p, t, t + timedelta(seconds=1)) == []
+    assert plan(p, t, t + timedelta(seconds=5)) == [(t + timedelta(seconds=2), ""), (t + timedelta(seconds=4), "")]
+    (only,) = plan(p, t, t + timedelta(minutes=5, seconds=1))
+    assert only == (t + timedelta(minutes=5), "catch-up of 150 missed")
+    daily = Periodic(parse_schedule("0 3 * * *", "Europe/Berlin"), "Europe/Berlin")
+    (late,) = plan(daily, u(2026, 3, 20, 2), u(2026, 3, 30, 12))
+    assert late[0] == u(2026, 3, 30, 1) and late[1].startswith("catch-up of ")
