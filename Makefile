@@ -30,6 +30,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/backlog.py
+	$(PY) bench/features.py
 
 # ~10 minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
 soak: $(STAMP)
