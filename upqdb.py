@@ -22,8 +22,8 @@ from upqengine import Clock, create_schema, is_sqlite, make_engine
 from upqerrors import DatabaseUnavailable
 from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
 from upqschema import JobRow, iso, jobs, nodes, row_from, utcnow
-from upqunique import find_twin
 from upqstates import QUEUED, CancelEffect, Outcome, RetryPolicy, State, can_retry, cancel_effect, shown
+from upqunique import find_twin
 
 T = TypeVar("T")
 
@@ -229,8 +229,7 @@ class Database:
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
         again = dict(state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0,
-                     cancel_requested=0,
-                     unique_key=jobs.c.unique_digest)
+                     cancel_requested=0, unique_key=jobs.c.unique_digest)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]
