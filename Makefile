@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test check bench soak clean
+.PHONY: run test check bench soak schedule-soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(BENCH_STAMP)
 # ~10 minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
 soak: $(STAMP)
 	UPQ_SOAK=1 $(PY) -m pytest -q tests/test_chaos.py
+
+# ~11 minutes: `every 1s` on three daemons sharing MariaDB makes exactly 600 jobs in 10 minutes
+schedule-soak: $(STAMP)
+	UPQ_SCHEDULE_SOAK=1 $(PY) -m pytest -q tests/test_schedule_soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
