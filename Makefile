@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test check bench soak clean wheel deb deb-deps deb-check
+.PHONY: run test check bench soak schedule-soak clean wheel deb deb-deps deb-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/backlog.py
+	$(PY) bench/features.py
 
 # ~10 minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
 soak: $(STAMP)
@@ -63,6 +64,10 @@ deb: deb-deps
 # build, lintian, then install into a cached Debian 12 root and run a job there (tools/deb-check)
 deb-check: deb-deps
 	tools/deb-check
+
+# ~11 minutes: `every 1s` on three daemons sharing MariaDB makes exactly 600 jobs in 10 minutes
+schedule-soak: $(STAMP)
+	UPQ_SCHEDULE_SOAK=1 $(PY) -m pytest -q tests/test_schedule_soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build dist *.egg-info

@@ -69,10 +69,10 @@ class DBQueue:
 
     # -- producer side -----------------------------------------------------
     def put_async(self, params: dict[str, str], parent: int | None = None,
-                  delay: float | None = None) -> "Pending[int]":
+                  delay: float | None = None, priority: int = 0) -> "Pending[int]":
         """Store a job; the future resolves to its id after commit, then a worker is woken."""
         if delay:
-            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay)
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay, priority=priority)
             self.wake_at(time.monotonic() + delay)
             return fut
         # a lock-free look first: with every worker busy (a backlog) submissions never touch the
@@ -84,17 +84,17 @@ class DBQueue:
                 if direct:
                     self._reserved += 1
         if not direct:
-            fut = self.db.insert_job_async(self.jobname, params, parent=parent)
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, priority=priority)
             fut.add_done_callback(lambda _f: self.wake())
             return fut
         now = utcnow()
         fut = self.db.insert_job_async(self.jobname, params, parent=parent, state=State.RUNNING,
-                                       node=self.node, now=now)
-        fut.add_done_callback(lambda f: self._hand_over(f, params, parent, now))
+                                       node=self.node, now=now, priority=priority)
+        fut.add_done_callback(lambda f: self._hand_over(f, params, parent, now, priority))
         return fut
 
     def _hand_over(self, fut: "Pending[int]", params: dict[str, str], parent: int | None,
-                   now: dt.datetime) -> None:
+                   now: dt.datetime, priority: int = 0) -> None:
         """A job stored already claimed goes straight to the idle worker it was meant for."""
         with self._cond:
             self._reserved -= 1
@@ -102,7 +102,7 @@ class DBQueue:
                 self._buffer.append((JobRow(jobid=fut.result(), jobname=self.jobname, state=State.RUNNING,
                                             params=params, msg="", result=None, attempts=1, retries_used=0,
                                             created=now, started=now, finished=None, run_after=None,
-                                            node=self.node, parent=parent),
+                                            node=self.node, parent=parent, priority=priority),
                                      float("inf")))
                 self._cond.notify()
 

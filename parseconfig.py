@@ -22,6 +22,7 @@ from typing import Callable, Mapping, TypeVar
 from inifile import BadValue, host_port, octal_mode, port_number, read_ini, syslog_address
 from module_loader import job_name_problem
 from upqerrors import ConfigError
+from upqjobkeys import Periodic, periodic_from, priority_from, unique_from
 
 __all__ = ["ConfigError", "Config", "JobConfig", "load_config"]
 
@@ -111,6 +112,9 @@ class JobConfig:
     retry_delay: float = DEFAULT_RETRY_DELAY
     timeout: float | None = None
     options: Mapping[str, str] = field(default_factory=dict)  # the whole section as written (self.jobcfg)
+    periodic: "Periodic | None" = None      # schedule, schedule_tz, schedule_params, schedule_overlap
+    unique: tuple[str, ...] = ()            # param names that make a job a duplicate ("*" = all)
+    priority: int = 0                       # default priority of the type's jobs
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,9 @@ class _Loader:
             retry_delay=s.number("retry_delay", DEFAULT_RETRY_DELAY, minimum=0.0),
             timeout=s.number("timeout", None, above=0.0),
             options=dict(values),
+            periodic=periodic_from(values, s.problem),
+            unique=unique_from(values, s.problem),
+            priority=priority_from(values, s.problem),
         )
 
 

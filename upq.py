@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
+    from upqschedule import Scheduler
     from upqserver import UpqServer
 
 VERSION = "0.1.0"
@@ -86,6 +87,7 @@ class Running:
     keeper: "NodeKeeper"
     servers: "list[UpqServer]"
     reloader: "Reloader"
+    scheduler: "Scheduler | None" = None
 
 
 def prepare(d: Daemon) -> None:
@@ -139,6 +141,7 @@ def start(d: Daemon) -> Running:
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
+    from upqschedule import Scheduler
     from upqserver import UpqServer
     from upqsubmit import Submitter
 
@@ -155,7 +158,8 @@ def start(d: Daemon) -> Running:
     control = Control(manager, db, completions, srv.poll_interval)
     submitter = Submitter(manager, db, control.wait)
     reloader = Reloader(d, manager)
-    dispatcher = Dispatcher(submitter, control, manager, reloader.reload)
+    scheduler = Scheduler(db, submitter, manager, log, node)
+    dispatcher = Dispatcher(submitter, control, manager, reloader.reload, schedules=scheduler.describe)
     servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
                          logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
                for sock in d.listeners]
@@ -169,7 +173,8 @@ def start(d: Daemon) -> Running:
     notifier.start()
     manager.start(host=submitter)
     keeper.start()
-    return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
+    scheduler.start()
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler)
 
 
 class Reloader:
@@ -261,6 +266,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
         server.shutdown()
         server.server_close()
     unlink(d.config.paths.socket)
+    if r.scheduler is not None:
+        r.scheduler.stop()
     all_ended = r.manager.stop(d.config.server.shutdown_grace)
     r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
     if not all_ended:

@@ -124,7 +124,7 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
-        return print_answer(conn.ask(line), opts.json)
+        return print_answer(conn.ask(line), opts.json, table=opts.command == "schedules")
     finally:
         conn.close()
 
@@ -369,9 +369,10 @@ def feed_lines(conn: Connection, lines: Iterable[bytes], sent: "queue.Queue[bool
 
 # --- printing ------------------------------------------------------------------
 
-def print_answer(answer: str, as_json: bool) -> int:
-    """Print one answer (or its JSON, indented) and return the exit status it implies."""
-    print(json_payload(answer) if as_json else answer, flush=True)
+def print_answer(answer: str, as_json: bool, table: bool = False) -> int:
+    """Print one answer (its JSON indented, or `schedules` as a table); the exit status it implies."""
+    from upqclisched import schedules_table
+    print(json_payload(answer) if as_json else (table and schedules_table(answer)) or answer, flush=True)
     return EXIT_ACK if is_ack(answer) else EXIT_ERR
 
 

@@ -6,7 +6,7 @@ turned into `ERR <reason>` by the socket edge (upqserver.py).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import upqproto as proto
 from upqcontrol import Control
@@ -23,16 +23,19 @@ class Dispatcher:
     """Request line -> answer; one per daemon, shared by every connection."""
 
     def __init__(self, submitter: Submitter, control: Control, manager: QueueManager,
-                 reload: Callable[[], list[str]]):
+                 reload: Callable[[], list[str]],
+                 schedules: Callable[[], list[dict[str, Any]]] = lambda: []):
         self.submitter = submitter
         self.control = control
         self.manager = manager
         self.reload = reload
+        self.schedules_of = schedules
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "status": self.status, "wait": self.wait, "list": self.list,
             "list_queue": self.list, "stats": self.stats, "help": self.help, "cancel": self.cancel,
             "retry": self.retry, "reload": self.reload_config,
         }
+        self.handlers["schedules"] = self.schedules
         # every command of the table is served here, but `auth`, which only the TCP edge knows
         assert set(self.handlers) == proto.COMMAND_NAMES - {"auth"}, "upqproto.COMMANDS and the handlers differ"
 
@@ -47,7 +50,7 @@ class Dispatcher:
         proto.check_job_name(req.command)
         options, args = proto.split_options(req.args)
         return self.submitter.submit(req.command, Request(req.command, args).params(),
-                                     delay=proto.parse_delay(options))
+                                     delay=proto.parse_delay(options), priority=proto.parse_priority(options))
 
     # -- built-in commands -------------------------------------------------
     def ping(self, req: Request, gone: Gone) -> str:
@@ -85,6 +88,10 @@ class Dispatcher:
             problems = exc.problems if isinstance(exc, ConfigError) else [exc.reason]
             raise UpqError(f"reload failed, the running config is kept: {'; '.join(problems)}") from exc
         return proto.ack("reloaded: " + ("; ".join(changes) if changes else "no job changes"))
+
+    def schedules(self, req: Request, gone: Gone) -> str:
+        proto.no_args(req)
+        return proto.ack_json(self.schedules_of())
 
     def help(self, req: Request, gone: Gone) -> str:
         return proto.help_answer({name: jt.config.concurrent for name, jt in self.manager.types.items()})

@@ -124,6 +124,11 @@ class Control:
 
     def retry(self, jobid: int) -> JobRow:
         """Queue a failed or cancelled job again: same jobid, a fresh retries budget."""
+        old = self.db.get_job(jobid)
+        if old is not None and old.unique_digest and can_retry(old.state):
+            twin = self.db.twin_of(old.jobname, old.unique_digest)
+            if twin is not None and twin != jobid:
+                raise JobRejected(f"job {jobid} is unique and its twin, job {twin}, is queued or running")
         res = self.db.retry(jobid)
         if res is None:
             raise UnknownJob(f"no job {jobid}")

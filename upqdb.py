@@ -23,6 +23,7 @@ from upqerrors import DatabaseUnavailable
 from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
 from upqschema import JobRow, iso, jobs, nodes, row_from, utcnow
 from upqstates import QUEUED, CancelEffect, Outcome, RetryPolicy, State, can_retry, cancel_effect, shown
+from upqunique import find_twin
 
 T = TypeVar("T")
 
@@ -74,6 +75,10 @@ class Database:
                 raise DatabaseUnavailable(describe(exc)) from exc
         raise AssertionError("unreachable")
 
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn on a read connection (errors become DatabaseUnavailable), for other modules' reads."""
+        return self._read(fn)
+
     def get_job(self, jobid: int) -> JobRow | None:
         def q(conn: Connection) -> JobRow | None:
             r = conn.execute(select(jobs).where(jobs.c.jobid == jobid)).first()
@@ -110,6 +115,10 @@ class Database:
             return out
         return self._read(q)
 
+    def twin_of(self, jobname: str, digest: str) -> int | None:
+        """The new-or-running job of a unique type with that digest (upqunique)."""
+        return self._read(lambda conn: find_twin(conn, jobname, digest))
+
     def cancel_requests(self, node: str) -> list[int]:
         """Jobs running on (or leased by) this node that a client, on any daemon, asked to cancel."""
         return self._read(lambda conn: [int(r[0]) for r in conn.execute(
@@ -134,14 +143,15 @@ class Database:
 
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: State = State.NEW,
                          node: str | None = None, parent: int | None = None,
-                         delay: float | None = None, now: dt.datetime | None = None) -> "Pending[int]":
+                         delay: float | None = None, now: dt.datetime | None = None,
+                         priority: int = 0) -> "Pending[int]":
         """Store a job (due `delay` seconds from now); the future holds its id once committed."""
         now = now or utcnow()
         running = state == State.RUNNING
         values = dict(jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
                       msg="", attempts=1 if running else 0, retries_used=0, created=now,
                       started=now if running else None, run_after=None, node=node, parent=parent,
-                      cancel_requested=0)
+                      cancel_requested=0, prio_rank=-priority)
         if not delay:
             return self.writer.submit(RowInsert(jobs, values))
 
@@ -151,12 +161,12 @@ class Database:
         return self.writer.submit(op)
 
     def accept_held(self, jobid: int, params: dict[str, str], state: State, node: str,
-                    delay: float | None = None) -> None:
+                    delay: float | None = None, priority: int = 0) -> None:
         """A job stored by enqueue_job() inside check() was accepted: release it."""
         def op(conn: Connection) -> None:
             run_after = None if not delay else self.db_now(conn) + dt.timedelta(seconds=delay)
             values: dict[str, Any] = {"state": state, "params": json.dumps(params, ensure_ascii=False),
-                                      "run_after": run_after}
+                                      "run_after": run_after, "prio_rank": -priority}
             if state == State.RUNNING:
                 values.update(attempts=jobs.c.attempts + 1, started=utcnow(), node=node)
             conn.execute(update(jobs).where(jobs.c.jobid == jobid, jobs.c.state == State.HELD).values(**values))
@@ -210,14 +220,16 @@ class Database:
     def cancel(self, jobid: int, node: str, withdrawn: bool) -> tuple[State, JobRow] | None:
         """Cancel as upqstates.cancel_effect says: a queued job at once, a running one flagged
         (`withdrawn`: a job leased by this node was taken out of its queue); (state before, row)."""
-        effects = {CancelEffect.NOW: dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN),
+        effects = {CancelEffect.NOW: dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN,
+                                          unique_key=None),
                    CancelEffect.FLAG: dict(cancel_requested=1)}
         return self._change_by_state(
             jobid, lambda state, holder: effects.get(cancel_effect(state, withdrawn and holder == node)))
 
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
-        again = dict(state=State.NEW, run_after=None, finished=None, retries_used=0, cancel_requested=0)
+        again = dict(state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0,
+                     cancel_requested=0, unique_key=jobs.c.unique_digest)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]

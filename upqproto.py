@@ -49,6 +49,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stats", "stats", "counts per job type and state"),
     Command("help", "help", "this text"),
     Command("reload", "reload", "re-read the [job] sections and reopen the log (like SIGHUP)"),
+    Command("schedules", "schedules", "periodic job types: schedule, zone, next and last due time"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)
@@ -147,15 +148,30 @@ def split_options(args: list[tuple[str, str | None]]) -> tuple[dict[str, str], l
     options: dict[str, str] = {}
     rest = []
     for key, value in args:
-        if key.startswith("@"):
+        if key == "@priority" and value is not None:
+            if key in options:
+                raise BadRequest("give @priority once")
+            options[key] = value
+        elif key.startswith("@"):
             if key not in ("@delay", "@at") or value is None:
-                raise BadRequest(f"unknown option {key!r:.40}: use @delay:<seconds> or @at:<ISO time>")
-            if options:
+                raise BadRequest(f"unknown option {key!r:.40}: use @delay:<seconds>, @at:<ISO time> "
+                                 f"or @priority:<n>")
+            if "@delay" in options or "@at" in options:
                 raise BadRequest("give one of @delay and @at, once")
             options[key] = value
         else:
             rest.append((key, value))
     return options, rest
+
+
+def parse_priority(options: dict[str, str]) -> int | None:
+    """@priority:<n>, -100..100, higher first; None when not given (the type's default)."""
+    if "@priority" not in options:
+        return None
+    raw = options["@priority"]
+    if not re.fullmatch(r"[+-]?\d{1,4}", raw) or not -100 <= int(raw) <= 100:
+        raise BadRequest(f"@priority must be a whole number from -100 to 100, got {raw!r:.40}")
+    return int(raw)
 
 
 def parse_delay(options: dict[str, str], now: dt.datetime | None = None) -> float | None:
@@ -263,6 +279,7 @@ def job_json(row: "JobRow") -> dict[str, Any]:
         "attempts": row.attempts, "created": iso(row.created),
         "started": iso(row.started), "finished": iso(row.finished),
         "run_after": iso(row.run_after), "node": row.node, "parent": row.parent,
+        "due": iso(row.due), "priority": row.priority,
     }
 
 
@@ -287,5 +304,6 @@ def help_answer(jobs: dict[str, int]) -> str:
     commands = {"<job> [key:value ...]": "submit a job; answers ACK <jobid> [msg]"}
     commands.update({c.usage: c.help for c in COMMANDS if c.listed})
     commands["<job> ... @delay:<seconds> | @at:<ISO time>"] = "run the job no sooner than then"
+    commands["<job> ... @priority:<n>"] = "-100..100, higher starts first (default: the type's priority)"
     return ack_json({"commands": commands,
                      "jobs": {name: {"concurrent": n} for name, n in sorted(jobs.items())}})

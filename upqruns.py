@@ -18,14 +18,14 @@ from sqlalchemy.engine import Connection
 
 from groupcommit import Batchable, MergeMismatch
 from upqschema import JobRow, cap_msg, encode_result, jobs, row_from, utcnow
-from upqstates import Outcome, RetryPolicy, State, after_run, final_state
+from upqstates import Outcome, RetryPolicy, State, after_run, final_state, is_final
 
 CANCELLED_BEFORE_RUN = "cancelled before it ran"
 
 # A run's outcome (state, msg, result, finished), fenced on the run (b_node, and b_jobid with
 # b_attempts); a flagged cancel makes it miss.
 _OUTCOME = dict(state=bindparam("state"), msg=bindparam("msg"), result=bindparam("result"),
-                finished=bindparam("finished"))
+                finished=bindparam("finished"), unique_key=None)     # final: a twin may come in
 _RUN_FENCE = (jobs.c.state == State.RUNNING, jobs.c.node == bindparam("b_node"), jobs.c.cancel_requested == 0)
 _FINISH = (update(jobs)
            .where(jobs.c.jobid == bindparam("b_jobid"), jobs.c.attempts == bindparam("b_attempts"), *_RUN_FENCE)
@@ -45,11 +45,21 @@ _START = update(jobs).where(jobs.c.jobid == bindparam("b_jobid"), *_LEASE_FENCE)
 _START_MANY = (update(jobs).where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), *_LEASE_FENCE)
                .values(**_STARTED))
 
-# Claim: due jobs of a type (b_name, b_now, b_limit) in two index ranges of ix_upq_jobs_due, so
-# that jobs not due yet are never scanned: delayed ones now due (earliest due first), then
-# the ones due at once (oldest first). SQLite picks ids inside one UPDATE; MySQL locks rows.
-_DUE_RANGES = ((jobs.c.run_after.is_not(None) & (jobs.c.run_after <= bindparam("b_now")), (jobs.c.run_after,)),
-               (jobs.c.run_after.is_(None), ()))
+# Claim: the due jobs of a type (b_name, b_now, b_limit), two index ranges of ix_upq_jobs_claim
+# so that jobs not due yet are never scanned: first the delayed jobs now due are promoted
+# (run_after NULL, late 0), then the claimable ones (run_after NULL) are read in start order:
+# highest priority first, then the promoted ones, then oldest first. SQLite picks ids inside
+# one UPDATE; MySQL locks rows.
+PROMOTE_BATCH = 1000
+_FALLEN_DUE = (jobs.c.jobname == bindparam("b_name"), jobs.c.state == State.NEW,
+               jobs.c.run_after.is_not(None), jobs.c.run_after <= bindparam("b_now"))
+_PROMOTE_IDS = select(jobs.c.jobid).where(*_FALLEN_DUE).order_by(jobs.c.run_after).limit(PROMOTE_BATCH)
+# fell_due first: MySQL evaluates SET left to right, each seeing the ones before it
+_PROMOTED = ((jobs.c.fell_due, jobs.c.run_after), (jobs.c.run_after, None), (jobs.c.late, 0))
+_PROMOTE = (update(jobs).where(jobs.c.jobid.in_(bindparam("b_ids", expanding=True)), *_FALLEN_DUE)
+            .ordered_values(*_PROMOTED))
+_PROMOTE_SQLITE = update(jobs).where(jobs.c.jobid.in_(_PROMOTE_IDS)).ordered_values(*_PROMOTED)
+_DUE_RANGES = ((jobs.c.run_after.is_(None), (jobs.c.prio_rank, jobs.c.late)),)
 
 
 def _picks(*columns: Any) -> tuple[Any, ...]:
@@ -61,6 +71,17 @@ def _picks(*columns: Any) -> tuple[Any, ...]:
 
 _PICKS = _picks(jobs.c.jobid)
 _PICK_ROWS_MYSQL = tuple(pick.with_for_update(skip_locked=True) for pick in _picks(jobs))
+
+
+def promote_due(conn: Connection, jobname: str, now: dt.datetime, is_sqlite: bool) -> None:
+    """Delayed and retried jobs whose time came become claimable (a bounded batch)."""
+    args = dict(b_name=jobname, b_now=now)
+    if is_sqlite:
+        conn.execute(_PROMOTE_SQLITE, args)
+        return
+    ids = [r[0] for r in conn.execute(_PROMOTE_IDS, args)]
+    if ids:
+        conn.execute(_PROMOTE, dict(args, b_ids=ids))
 
 
 def _claim_update(*where: Any, lease: bool) -> Any:
@@ -169,7 +190,7 @@ def release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
     meanwhile. `crashed`: their daemon died, and a worker may have begun one whose start
     was not committed yet, so `attempts` counts one up (it never undercounts runs started)."""
     conn.execute(update(jobs).where(jobs.c.state == State.LEASED, jobs.c.cancel_requested == 1, *where)
-                 .values(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN))
+                 .values(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN, unique_key=None))
     values: dict[str, Any] = dict(state=State.NEW, node=None)
     if crashed:
         values["attempts"] = jobs.c.attempts + 1
@@ -178,9 +199,10 @@ def release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
 
 def claim_rows(conn: Connection, jobname: str, limit: int, node: str, skip: tuple[int, ...],
                lease: bool, now: dt.datetime, is_sqlite: bool) -> list[JobRow]:
-    """Move up to `limit` due jobs new -> leased (or running) for `node`: delayed jobs now due
-    first, then the others, oldest first."""
+    """Move up to `limit` due jobs new -> leased (or running) for `node`: highest priority
+    first, then delayed jobs now due, then the others, oldest first."""
     rows: list[JobRow] = []
+    promote_due(conn, jobname, now, is_sqlite)
     for i in range(len(_PICKS)):
         if len(rows) < limit:
             rows += _claim_range(conn, i, jobname, limit - len(rows), node, skip, lease, now, is_sqlite)
@@ -195,7 +217,8 @@ def _claim_range(conn: Connection, i: int, jobname: str, limit: int, node: str, 
         stmt = (_CLAIM_SQLITE[lease, i] if not skip else
                 _claim_update(jobs.c.jobid.in_(_PICKS[i].where(jobs.c.jobid.not_in(skip))),
                               lease=lease).returning(jobs))
-        return sorted((row_from(r) for r in conn.execute(stmt, args)), key=lambda r: r.jobid)
+        return [row_from(r) for r in sorted(conn.execute(stmt, args),
+                                            key=lambda r: (r.prio_rank, r.late, r.jobid))]
     # MySQL: lock the rows (skipping ones other daemons hold), then move them, by key: two
     # round trips; the rows returned are what the update wrote
     pick_rows = _PICK_ROWS_MYSQL[i] if not skip else _PICK_ROWS_MYSQL[i].where(jobs.c.jobid.not_in(skip))
@@ -235,6 +258,8 @@ def record_outcome(conn: Connection, row: JobRow, outcome: Outcome, node: str, p
     now = db_now(conn)
     step = after_run(outcome, cur.retries_used, bool(cur.cancel_requested), policy)
     values: dict[str, Any] = {"msg": msg, "result": result, "state": step.state, "finished": now}
+    if is_final(step.state):
+        values["unique_key"] = None
     if step.delay is not None:
         values.update(finished=None, run_after=now + dt.timedelta(seconds=step.delay))
     if step.uses_retry:

@@ -42,12 +42,27 @@ jobs = Table(
     Column("node", String(255), nullable=True),
     Column("parent", BigInteger, nullable=True),
     Column("cancel_requested", Integer, nullable=False, default=0),
-    # claims (due at once: run_after NULL, by jobid; delayed: by run_after, so jobs not due yet
-    # are never scanned) and per-type counts (stats) are all served by this index
-    Index("ix_upq_jobs_due", "jobname", "state", "run_after", "jobid"),
+    Column("due", _Time, nullable=True),       # the schedule's due time of a periodic run
+    # unique jobs: the digest of the `unique` params; unique_key holds it only while the job is
+    # new or running (NULLed in the same statement that ends it), so the unique index below
+    # lets one active job per (type, digest) in, across daemons (NULLs never collide)
+    Column("unique_digest", String(64), nullable=True),
+    Column("unique_key", String(64), nullable=True),
+    # priorities: prio_rank is minus the job's priority (so the claim index runs ascending);
+    # late is 0 for a delayed or retried job whose due time came (the claim promotes it:
+    # run_after NULL, late 0), so those start before the others of the same priority
+    Column("prio_rank", Integer, nullable=False, default=0, server_default="0"),
+    Column("late", Integer, nullable=False, default=1, server_default="1"),
+    Column("fell_due", _Time, nullable=True),  # run_after as it was when promoted (shown so)
+    # claims and per-type counts (stats) are all served by this index: a claim promotes the
+    # delayed jobs now due (the range run_after <= now), then reads the claimable ones
+    # (run_after NULL) in start order, priority first: one range however many priorities;
+    # jobs not due yet sit in the run_after > now part and are never scanned
+    Index("ix_upq_jobs_claim", "jobname", "state", "run_after", "prio_rank", "late", "jobid"),
     # list by state, newest first (orphan recovery filters the few running rows by node)
     Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
+    Index("ux_upq_jobs_unique", "jobname", "unique_key", unique=True),
 )
 
 nodes = Table(
@@ -58,6 +73,17 @@ nodes = Table(
     Column("started", _Time, nullable=False),
     Column("heartbeat", _Time, nullable=False),
     Column("state", String(16), nullable=False),          # alive | dead | stopped
+)
+
+# one row per (job type, due time) of a schedule: the primary key is what makes each due
+# time submitted exactly once across daemons (upqschedule.py); `note` says what became of it
+schedule_runs = Table(
+    "upq_schedule_runs", metadata,
+    Column("jobname", String(64), primary_key=True),
+    Column("due", _Time, primary_key=True),
+    Column("jobid", BigInteger, nullable=True),
+    Column("note", String(64), nullable=False, default=""),
+    Column("node", String(255), nullable=True),
 )
 
 meta = Table(
@@ -84,6 +110,9 @@ class JobRow:
     run_after: dt.datetime | None
     node: str | None
     parent: int | None
+    due: dt.datetime | None = None      # set for runs a schedule submitted
+    unique_digest: str | None = None
+    priority: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -124,5 +153,7 @@ def row_from(r: Any) -> JobRow:
         params=json.loads(r.params), msg=r.msg or "",
         result=None if r.result is None else json.loads(r.result),
         attempts=r.attempts, retries_used=r.retries_used, created=r.created,
-        started=r.started, finished=r.finished, run_after=r.run_after,
-        node=r.node, parent=r.parent)
+        started=r.started, finished=r.finished,
+        run_after=r.run_after if r.run_after is not None else getattr(r, "fell_due", None),
+        node=r.node, parent=r.parent, due=getattr(r, "due", None),
+        unique_digest=getattr(r, "unique_digest", None), priority=-int(getattr(r, "prio_rank", 0) or 0))

@@ -7,6 +7,7 @@ JobHost): `enqueue_job()` inside check() (2011 style) and sub-jobs.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from upqdb import Database
 from upqerrors import JobRejected
 from upqjob import UpqJob
 from upqqueuemngr import JobType, QueueManager
-from upqschema import JobRow
+from upqschema import JobRow, utcnow
 from upqstates import State
+from upqunique import DUPLICATE, AcceptHeldUnique, UniqueInsert, unique_digest
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,13 @@ class Submitter:
         self.db = db
         self._wait = wait
 
-    def submit(self, name: str, params: dict[str, str], delay: float | None = None) -> Submitted:
+    def submit(self, name: str, params: dict[str, str], delay: float | None = None,
+               priority: int | None = None) -> Submitted:
         """Check and store a job; the future resolves after commit (and after the run, inline)."""
         jt = self.manager.job_type(name)
         job = self._instantiate(jt, params)
         self._check(job)
-        return self._store(jt, job, delay=delay)
+        return self._store(jt, job, delay=delay, priority=priority)
 
     def submit_child(self, parent: UpqJob, jobname: str, params: Mapping[str, str]) -> UpqJob:
         """A job started by another job (UpqJob.submit): stored with its parent, queued, returned."""
@@ -82,6 +85,14 @@ class Submitter:
         child.finished = ChildFinished(child, parent, self._wait, self.manager.lending)
         child.jobid = self._store(jt, child, parent=parent.jobid).result().jobid
         return child
+
+    def checked(self, name: str, params: dict[str, str]) -> dict[str, str]:
+        """A periodic run's params after check(), as a submission's (JobRejected if refused);
+        the schedule stores the run itself, so a row check() held is dropped."""
+        job = self._instantiate(self.manager.job_type(name), params)
+        self._check(job)
+        self._drop_held(job)
+        return dict(job.jobdata)
 
     def enqueue_from_check(self, job: UpqJob) -> int:
         """UpqJob.enqueue_job(): store now, held until check() returns True."""
@@ -113,16 +124,34 @@ class Submitter:
             job.jobid = None
 
     def _store(self, jt: JobType, job: UpqJob, *, parent: int | None = None,
-               delay: float | None = None) -> Submitted:
+               delay: float | None = None, priority: int | None = None) -> Submitted:
+        priority = jt.config.priority if priority is None else priority
         if jt.inline and not delay:
             return Pending.resolved(self._run_inline(jt, job, parent))
+        digest = unique_digest(jt.config.unique, job.jobdata)
+        if digest is not None:
+            return self._store_unique(jt, job, digest, parent, delay, priority)
         if job.jobid is not None:           # 2011 style: check() called enqueue_job()
-            self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay)
+            self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay, priority)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
             return Pending.resolved(Accepted(job.jobid, job.msg))
         msg = job.msg
-        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay),
+        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay, priority=priority),
                       lambda jobid: Accepted(jobid, msg))
+
+    def _store_unique(self, jt: JobType, job: UpqJob, digest: str, parent: int | None,
+                      delay: float | None, priority: int) -> Submitted:
+        """`unique =`: stored unless a twin is new or running (then its jobid, `duplicate`)."""
+        values = dict(jobname=jt.name, state=State.NEW, params=json.dumps(dict(job.jobdata), ensure_ascii=False),
+                      msg="", attempts=0, retries_used=0, created=utcnow(), started=None, run_after=None,
+                      node=None, parent=parent, cancel_requested=0, prio_rank=-priority)
+        op: "UniqueInsert | AcceptHeldUnique" = UniqueInsert(values, digest, delay, self.db.db_now)
+        if job.jobid is not None:           # 2011 style: check() called enqueue_job()
+            op = AcceptHeldUnique(job.jobid, jt.name, job.jobdata, digest, delay, self.db.db_now, priority)
+        fut = self.db.writer.submit(op)
+        fut.add_done_callback(lambda f: f.exception() or jt.queue.wake_at(time.monotonic() + (delay or 0)))
+        msg = job.msg
+        return Mapped(fut, lambda res: Accepted(res[0], DUPLICATE if res[1] else msg))
 
     def _run_inline(self, jt: JobType, job: UpqJob, parent: int | None) -> Accepted:
         """concurrent = 0: run in the caller's thread, answer with the outcome."""
