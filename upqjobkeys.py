@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 from upqcron import CronError, CronSchedule, EverySchedule, parse_schedule
 
 OVERLAP = ("skip", "allow")
+SCHEDULE_KEYS = ("schedule", "schedule_tz", "schedule_params", "schedule_overlap")  # JobConfig.periodic
 Problem = Callable[[str, str], None]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import parseconfig
+import upqjobkeys
 from conftest import ROOT, need_tool
 from upqproto import COMMAND_NAMES
 
@@ -36,7 +37,8 @@ def accepted_keys() -> dict[str, set[str]]:
         if m := re.fullmatch(r"_([A-Z]+)_KEYS", name):
             keys[m.group(1).lower()] = set(value)
     keys["paths"] = {f.name for f in dataclasses.fields(parseconfig.PathsConfig)} - NOT_KEYS
-    keys["job"] = {f.name for f in dataclasses.fields(parseconfig.JobConfig)} - NOT_KEYS
+    keys["job"] = {f.name for f in dataclasses.fields(parseconfig.JobConfig)} - NOT_KEYS - {"periodic"}
+    keys["job"] |= set(upqjobkeys.SCHEDULE_KEYS)        # JobConfig.periodic holds these four
     return keys
 
 
