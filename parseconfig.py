@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
-from inifile import BadValue, host_port, octal_mode, port_number, read_ini, syslog_address
+from inifile import BadValue, duration, host_port, octal_mode, port_number, read_ini, syslog_address
 from module_loader import job_name_problem
 from upqerrors import ConfigError
 
@@ -37,6 +37,11 @@ DEFAULT_RETRY_DELAY = 30.0
 DEFAULT_RETRIES = 0
 DEFAULT_DB_URL = "sqlite:///./var/upq.db"
 DEFAULT_SYSLOG_TAG = "upq"
+DEFAULT_KEEP_DONE = 7 * 86400.0         # seconds a done job is kept after it ended; 0 = forever
+DEFAULT_KEEP_FAILED = 30 * 86400.0
+DEFAULT_KEEP_CANCELLED = 7 * 86400.0
+DEFAULT_MAX_INTERRUPTED = 3             # interrupted runs before a job ends failed; 0 = no cap
+DEFAULT_MAX_QUEUED = 0                  # queued jobs per type; 0 = no cap
 LOGLEVELS = ("debug", "info", "warning", "error")
 DURABILITIES = ("full", "normal")
 
@@ -81,6 +86,10 @@ class ServerConfig:
     node_name: str = ""             # "" = host name and socket path
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    keep_done: float = DEFAULT_KEEP_DONE
+    keep_failed: float = DEFAULT_KEEP_FAILED
+    keep_cancelled: float = DEFAULT_KEEP_CANCELLED
+    max_interrupted: int = DEFAULT_MAX_INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,11 @@ class JobConfig:
     retries: int = DEFAULT_RETRIES
     retry_delay: float = DEFAULT_RETRY_DELAY
     timeout: float | None = None
+    keep_done: float | None = None          # None: [server]'s
+    keep_failed: float | None = None
+    keep_cancelled: float | None = None
+    max_interrupted: int | None = None      # None: [server]'s
+    max_queued: int = DEFAULT_MAX_QUEUED
     options: Mapping[str, str] = field(default_factory=dict)  # the whole section as written (self.jobcfg)
 
 
@@ -148,6 +162,7 @@ _DB_KEYS = {"url", "durability"}
 _SERVER_KEYS = {
     "socket_mode", "socket_group", "listen", "token", "shutdown_grace", "allow_root",
     "max_connections", "idle_timeout", "node_name", "node_timeout", "poll_interval",
+    "keep_done", "keep_failed", "keep_cancelled", "max_interrupted",
 }
 _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeout"}
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
@@ -243,6 +258,10 @@ class _Loader:
             node_name=s.text("node_name", d.node_name),
             node_timeout=s.number("node_timeout", d.node_timeout, above=0.0),
             poll_interval=s.number("poll_interval", d.poll_interval, above=0.0),
+            keep_done=s.duration("keep_done", d.keep_done),
+            keep_failed=s.duration("keep_failed", d.keep_failed),
+            keep_cancelled=s.duration("keep_cancelled", d.keep_cancelled),
+            max_interrupted=s.integer("max_interrupted", d.max_interrupted, minimum=0),
         )
 
     def mail_section(self, s: _Section) -> MailConfig:
@@ -286,6 +305,11 @@ class _Loader:
             retries=s.integer("retries", DEFAULT_RETRIES, minimum=0),
             retry_delay=s.number("retry_delay", DEFAULT_RETRY_DELAY, minimum=0.0),
             timeout=s.number("timeout", None, above=0.0),
+            keep_done=s.duration("keep_done", None),
+            keep_failed=s.duration("keep_failed", None),
+            keep_cancelled=s.duration("keep_cancelled", None),
+            max_interrupted=s.integer("max_interrupted", None, minimum=0),  # type: ignore[arg-type]
+            max_queued=s.integer("max_queued", DEFAULT_MAX_QUEUED, minimum=0),
             options=dict(values),
         )
 
@@ -339,6 +363,10 @@ class _Section:
             return value
         bound = f">= {minimum:g}" if minimum is not None else f"> {above:g}"
         return self.parsed(key, default, parse, f"expected a number {bound}")
+
+    def duration(self, key: str, default: T) -> float | T:
+        """Seconds, with an optional s, m, h or d suffix."""
+        return self.parsed(key, default, duration, "expected a duration like 90s, 15m, 1h or 7d")
 
     def boolean(self, key: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

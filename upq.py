@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from upqnodes import NodeKeeper
     from upqqueuemngr import QueueManager
     from upqserver import UpqServer
+    from upqpause import Pauses
+    from upqretention import Retention
 
 VERSION = "0.1.0"
 
@@ -83,6 +85,8 @@ class Running:
     keeper: "NodeKeeper"
     servers: "list[UpqServer]"
     reloader: "Reloader"
+    pauses: "Pauses | None" = None
+    retention: "Retention | None" = None
 
 
 def prepare(d: Daemon) -> None:
@@ -135,7 +139,10 @@ def start(d: Daemon) -> Running:
     from upqcontrol import Completions, Control
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
+    from upqbulk import Admin
+    from upqpause import Pauses, register_types
     from upqqueuemngr import QueueManager
+    from upqretention import Retention
     from upqserver import UpqServer
     from upqsubmit import Submitter
 
@@ -151,8 +158,10 @@ def start(d: Daemon) -> Running:
     manager = QueueManager(config, db, d.classes, log, node, hooks=[completions.on_ended, notifier.on_ended])
     control = Control(manager, db, completions, srv.poll_interval)
     submitter = Submitter(manager, db, control.wait)
+    pauses = Pauses(db, log, srv.poll_interval, manager.set_paused)
+    manager.is_paused = pauses.is_paused
     reloader = Reloader(d, manager)
-    dispatcher = Dispatcher(submitter, control, manager, reloader.reload)
+    dispatcher = Dispatcher(submitter, control, manager, reloader.reload, Admin(db, manager, pauses))
     servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
                          logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
                for sock in d.listeners]
@@ -163,10 +172,15 @@ def start(d: Daemon) -> Running:
     recovered = db.nodes.requeue_orphans(node)
     if recovered:
         log.warning("re-queued %d job(s) that this node left running", recovered)
+    register_types(db, config.enabled_jobs())
+    pauses.refresh()
     notifier.start()
     manager.start(host=submitter)
+    pauses.start()
     keeper.start()
-    return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
+    retention = Retention(db, lambda: manager.config, log)
+    retention.start()
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, pauses, retention)
 
 
 class Reloader:
@@ -198,6 +212,8 @@ class Reloader:
                     d.log.error("reload: %s", problem)
             for what in _needs_restart(d.config, config):
                 d.log.warning("reload: %s changed; that takes effect at the next restart", what)
+            from upqpause import register_types
+            register_types(self.manager.db, config.enabled_jobs())
             changes = self.manager.reconfigure(config, classes)
             d.classes = classes
             d.config = config
@@ -258,6 +274,9 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
         server.shutdown()
         server.server_close()
     unlink(d.config.paths.socket)
+    for worker in (r.retention, r.pauses):
+        if worker is not None:
+            worker.stop()
     all_ended = r.manager.stop(d.config.server.shutdown_grace)
     r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
     if not all_ended:

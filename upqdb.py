@@ -134,20 +134,26 @@ class Database:
 
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: State = State.NEW,
                          node: str | None = None, parent: int | None = None,
-                         delay: float | None = None, now: dt.datetime | None = None) -> "Pending[int]":
-        """Store a job (due `delay` seconds from now); the future holds its id once committed."""
+                         delay: float | None = None, now: dt.datetime | None = None,
+                         cap: int = 0) -> "Pending[int]":
+        """Store a job (due `delay` seconds from now); the future holds its id once committed,
+        or 0 when `cap` jobs of the type were queued already (max_queued; nothing stored)."""
         now = now or utcnow()
         running = state == State.RUNNING
         values = dict(jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
                       msg="", attempts=1 if running else 0, retries_used=0, created=now,
                       started=now if running else None, run_after=None, node=node, parent=parent,
                       cancel_requested=0)
+        store: Callable[[Connection], int] = RowInsert(jobs, values)
+        if cap and not running:
+            from upqpause import capped_insert
+            store = capped_insert(jobname, values, cap)
         if not delay:
-            return self.writer.submit(RowInsert(jobs, values))
+            return self.writer.submit(store)
 
         def op(conn: Connection) -> int:
             values["run_after"] = self.db_now(conn) + dt.timedelta(seconds=delay)
-            return RowInsert(jobs, values)(conn)
+            return store(conn)
         return self.writer.submit(op)
 
     def accept_held(self, jobid: int, params: dict[str, str], state: State, node: str,

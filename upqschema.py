@@ -42,12 +42,25 @@ jobs = Table(
     Column("node", String(255), nullable=True),
     Column("parent", BigInteger, nullable=True),
     Column("cancel_requested", Integer, nullable=False, default=0),
+    # runs whose start was recorded and that were cut off by a crash (upqcrashloop.py)
+    Column("interrupted", Integer, nullable=False, default=0, server_default="0"),
     # claims (due at once: run_after NULL, by jobid; delayed: by run_after, so jobs not due yet
     # are never scanned) and per-type counts (stats) are all served by this index
     Index("ix_upq_jobs_due", "jobname", "state", "run_after", "jobid"),
     # list by state, newest first (orphan recovery filters the few running rows by node)
     Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
+    # retention and purge: a type's ended jobs of one state, oldest end first (upqretention.py)
+    Index("ix_upq_jobs_ended", "jobname", "state", "finished"),
+)
+
+# One row per job type any daemon has enabled: whether it is paused (upqpause.py), the lock
+# capped submissions take (max_queued), and the types retention visits.
+types = Table(
+    "upq_types", metadata,
+    Column("jobname", String(64), primary_key=True),
+    Column("paused", Integer, nullable=False, default=0, server_default="0"),
+    Column("changed", _Time, nullable=True),
 )
 
 nodes = Table(

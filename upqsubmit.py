@@ -16,6 +16,7 @@ from groupcommit import Mapped, Pending
 from upqdb import Database
 from upqerrors import JobRejected
 from upqjob import UpqJob
+from upqpause import QueueFull
 from upqqueuemngr import JobType, QueueManager
 from upqschema import JobRow
 from upqstates import State
@@ -120,9 +121,13 @@ class Submitter:
             self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
             return Pending.resolved(Accepted(job.jobid, job.msg))
-        msg = job.msg
-        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay),
-                      lambda jobid: Accepted(jobid, msg))
+        msg, cap = job.msg, jt.queue.cap
+
+        def accepted(jobid: int) -> Accepted:
+            if not jobid:       # max_queued: nothing was stored
+                raise QueueFull(f"queue full: {cap} {jt.name} jobs queued")
+            return Accepted(jobid, msg)
+        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay), accepted)
 
     def _run_inline(self, jt: JobType, job: UpqJob, parent: int | None) -> Accepted:
         """concurrent = 0: run in the caller's thread, answer with the outcome."""
