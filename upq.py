@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from upqdb import Database
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
+    from upqcontrol import Completions
     from upqqueuemngr import QueueManager
     from upqserver import UpqServer
     from upqpause import Pauses
@@ -169,18 +170,36 @@ def start(d: Daemon) -> Running:
     keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
                         on_cancel=control.flag_cancelled, on_peers=manager.set_peers)
     keeper.register()
+    db.nodes.cap_for = lambda name: interrupt_cap(manager.config, name)
+    db.nodes.on_interrupt_failed = lambda rows: _interrupt_failed(manager, notifier, completions, rows)
+    notifier.start()
     recovered = db.nodes.requeue_orphans(node)
     if recovered:
         log.warning("re-queued %d job(s) that this node left running", recovered)
     register_types(db, config.enabled_jobs())
     pauses.refresh()
-    notifier.start()
     manager.start(host=submitter)
     pauses.start()
     keeper.start()
     retention = Retention(db, lambda: manager.config, log)
     retention.start()
     return Running(db, name_lock, notifier, manager, keeper, servers, reloader, pauses, retention)
+
+
+def interrupt_cap(config: Config, jobname: str) -> int:
+    """max_interrupted of a type: its own, else [server]'s."""
+    job = config.jobs.get(jobname)
+    own = None if job is None else job.max_interrupted
+    return config.server.max_interrupted if own is None else own
+
+
+def _interrupt_failed(manager: "QueueManager", notifier: "Notifier", completions: "Completions",
+                      rows: list) -> None:
+    """Jobs ended failed by the crash-loop cap are notified like any failure; waiters woken."""
+    from parseconfig import JobConfig
+    for row in rows:
+        notifier.job_ended(manager.config.jobs.get(row.jobname) or JobConfig(row.jobname, True), row)
+        completions.notify(row.jobid, row)
 
 
 class Reloader:

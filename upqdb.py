@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from groupcommit import Pending, Retrying, RowInsert, Writer, describe
+from upqcrashloop import CapFor, requeue_interrupted
 from upqengine import Clock, create_schema, is_sqlite, make_engine
 from upqerrors import DatabaseUnavailable
 from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
@@ -223,7 +224,8 @@ class Database:
 
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
-        again = dict(state=State.NEW, run_after=None, finished=None, retries_used=0, cancel_requested=0)
+        again = dict(state=State.NEW, run_after=None, finished=None, retries_used=0, cancel_requested=0,
+                     interrupted=0)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]
@@ -250,6 +252,10 @@ class NodeStore:
 
     def __init__(self, db: Database):
         self.db = db
+        # the crash-loop cap (upqcrashloop.py), set by upq.py: max_interrupted of a type, and
+        # who hears of jobs that ended failed at it (after the commit)
+        self.cap_for: CapFor = lambda jobname: 0
+        self.on_interrupt_failed: Callable[[list[JobRow]], None] = lambda rows: None
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         return self.db.write(fn)
@@ -295,6 +301,7 @@ class NodeStore:
         """Nodes silent for `timeout` seconds are marked dead and their running jobs re-queued,
         exactly once: only the daemon whose conditional update wins does it."""
         def op(conn: Connection) -> list[tuple[str, int]]:
+            failed.clear()
             cutoff = self.db_now(conn) - dt.timedelta(seconds=timeout)
             stale = [r[0] for r in conn.execute(
                 select(nodes.c.node).where(nodes.c.state == "alive", nodes.c.heartbeat < cutoff,
@@ -304,19 +311,35 @@ class NodeStore:
                 won = conn.execute(update(nodes).where(nodes.c.node == name, nodes.c.state == "alive",
                                                        nodes.c.heartbeat < cutoff).values(state="dead"))
                 if won.rowcount == 1:
-                    out.append((name, _requeue_node_jobs(conn, name)))
+                    out.append((name, _requeue_node_jobs(conn, name, self.cap_for, failed)))
             return out
-        return self.write(op)
+        failed: list[JobRow] = []
+        out = self.write(op)
+        self._report(failed)
+        return out
 
     def requeue_orphans(self, node: str) -> int:
         """Jobs this node left running (crash, kill -9) go back to new, and its leases too."""
-        return self.write(lambda conn: _requeue_node_jobs(conn, node))
+        failed: list[JobRow] = []
+
+        def op(conn: Connection) -> int:
+            failed.clear()
+            return _requeue_node_jobs(conn, node, self.cap_for, failed)
+        out = self.write(op)
+        self._report(failed)
+        return out
+
+    def _report(self, failed: list[JobRow]) -> None:
+        if failed:
+            for row in failed:
+                self.db.log.warning("job %s #%d: %s", row.jobname, row.jobid, row.msg)
+            self.on_interrupt_failed(failed)
 
 
-def _requeue_node_jobs(conn: Connection, node: str) -> int:
-    """A node that died: its held jobs were never ACKed (dropped), its leases and running jobs
-    go back to new for any daemon; returns how many were running."""
+def _requeue_node_jobs(conn: Connection, node: str, cap_for: CapFor, failed: list[JobRow]) -> int:
+    """A node that died: its held jobs were never ACKed (dropped), its leases go back to new
+    for any daemon, its running jobs too, each counting an interruption (ended failed at the
+    cap, into `failed`); returns how many running jobs went back."""
     conn.execute(delete(jobs).where(jobs.c.state == State.HELD, jobs.c.node == node))
     release_leases(conn, jobs.c.node == node, crashed=True)
-    return conn.execute(update(jobs).where(jobs.c.state == State.RUNNING, jobs.c.node == node)
-                        .values(state=State.NEW, node=None)).rowcount
+    return requeue_interrupted(conn, jobs.c.node == node, cap_for, failed)
