@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test check bench soak clean
+.PHONY: run test check bench soak long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(BENCH_STAMP)
 # ~10 minutes: 25 kill -9s under 8 submitting clients, on SQLite and MariaDB (tests/test_chaos.py)
 soak: $(STAMP)
 	UPQ_SOAK=1 $(PY) -m pytest -q tests/test_chaos.py
+
+# the full-size variants of tests that are cut down in `make test` (UPQ_LONG=1)
+long: $(STAMP)
+	UPQ_LONG=1 $(PY) -m pytest -q tests/test_retention.py tests/test_bulk.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
