@@ -37,7 +37,7 @@ soak: $(STAMP)
 
 # the full-size variants of tests that are cut down in `make test` (UPQ_LONG=1)
 long: $(STAMP)
-	UPQ_LONG=1 $(PY) -m pytest -q tests/test_retention.py tests/test_bulk.py
+	UPQ_LONG=1 $(PY) -m pytest -q tests/test_retention.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
