@@ -67,14 +67,13 @@ class DBQueue:
         self._avg_run = 1.0         # seconds per run (moving average); slow until measured
         self._leasing = False       # alone on the database: lease ahead (set_leasing)
         self._paused = False        # the type is paused (upqpause.py): claim nothing
-        self.cap = 0                # max_queued: submissions beyond it are refused (0 = none)
 
     # -- producer side -----------------------------------------------------
     def put_async(self, params: dict[str, str], parent: int | None = None,
-                  delay: float | None = None) -> "Pending[int]":
-        """Store a job; the future resolves to its id after commit, then a worker is woken."""
+                  delay: float | None = None, cap: int = 0) -> "Pending[int]":
+        """Store a job; the future resolves to its id after commit (0 if `cap` jobs are queued)."""
         if delay:
-            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay, cap=self.cap)
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay, cap=cap)
             self.wake_at(time.monotonic() + delay)
             return fut
         # a lock-free look first: with every worker busy (a backlog) submissions never touch the
@@ -86,7 +85,7 @@ class DBQueue:
                 if direct:
                     self._reserved += 1
         if not direct:
-            fut = self.db.insert_job_async(self.jobname, params, parent=parent, cap=self.cap)
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, cap=cap)
             fut.add_done_callback(lambda _f: self.wake())
             return fut
         now = utcnow()
@@ -183,13 +182,10 @@ class DBQueue:
         self.give_back(back)
 
     def set_paused(self, on: bool) -> None:
-        """A paused type claims nothing; jobs leased here and not started go back."""
+        """A paused type claims nothing more (jobs leased already, ~50 ms of work, still start)."""
         with self._cond:
             self._paused = on
-            self._generation += 1
-            back = self._take_out(lambda row: row.state == State.LEASED) if on else []
             self._cond.notify_all()
-        self.give_back(back)
 
     def withdraw(self, jobid: int) -> JobRow | None:
         """Take a leased job out before a worker has it (to cancel it); the job if it was here."""

@@ -37,11 +37,6 @@ DEFAULT_RETRY_DELAY = 30.0
 DEFAULT_RETRIES = 0
 DEFAULT_DB_URL = "sqlite:///./var/upq.db"
 DEFAULT_SYSLOG_TAG = "upq"
-DEFAULT_KEEP_DONE = 7 * 86400.0         # seconds a done job is kept after it ended; 0 = forever
-DEFAULT_KEEP_FAILED = 30 * 86400.0
-DEFAULT_KEEP_CANCELLED = 7 * 86400.0
-DEFAULT_MAX_INTERRUPTED = 3             # interrupted runs before a job ends failed; 0 = no cap
-DEFAULT_MAX_QUEUED = 0                  # queued jobs per type; 0 = no cap
 LOGLEVELS = ("debug", "info", "warning", "error")
 DURABILITIES = ("full", "normal")
 
@@ -86,10 +81,10 @@ class ServerConfig:
     node_name: str = ""             # "" = host name and socket path
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     poll_interval: float = DEFAULT_POLL_INTERVAL
-    keep_done: float = DEFAULT_KEEP_DONE
-    keep_failed: float = DEFAULT_KEEP_FAILED
-    keep_cancelled: float = DEFAULT_KEEP_CANCELLED
-    max_interrupted: int = DEFAULT_MAX_INTERRUPTED
+    keep_done: float = 7 * 86400.0  # seconds an ended job is kept; 0 = forever (upqretention.py)
+    keep_failed: float = 30 * 86400.0
+    keep_cancelled: float = 7 * 86400.0
+    max_interrupted: int = 3        # interrupted runs before a job ends failed; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ class JobConfig:
     keep_failed: float | None = None
     keep_cancelled: float | None = None
     max_interrupted: int | None = None      # None: [server]'s
-    max_queued: int = DEFAULT_MAX_QUEUED
+    max_queued: int = 0                     # queued jobs of the type at most; 0 = no cap
     options: Mapping[str, str] = field(default_factory=dict)  # the whole section as written (self.jobcfg)
 
 
@@ -167,6 +162,7 @@ _SERVER_KEYS = {
 _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeout"}
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
 _SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify"}
+_DURATION = "expected a duration like 90s, 15m, 1h or 7d (0 = keep forever)"
 _SQLITE_RELATIVE_RE = re.compile(r"^(sqlite(?:\+\w+)?:///)(\./.*)$")
 T = TypeVar("T")
 
@@ -258,9 +254,9 @@ class _Loader:
             node_name=s.text("node_name", d.node_name),
             node_timeout=s.number("node_timeout", d.node_timeout, above=0.0),
             poll_interval=s.number("poll_interval", d.poll_interval, above=0.0),
-            keep_done=s.duration("keep_done", d.keep_done),
-            keep_failed=s.duration("keep_failed", d.keep_failed),
-            keep_cancelled=s.duration("keep_cancelled", d.keep_cancelled),
+            keep_done=s.parsed("keep_done", d.keep_done, duration, _DURATION),
+            keep_failed=s.parsed("keep_failed", d.keep_failed, duration, _DURATION),
+            keep_cancelled=s.parsed("keep_cancelled", d.keep_cancelled, duration, _DURATION),
             max_interrupted=s.integer("max_interrupted", d.max_interrupted, minimum=0),
         )
 
@@ -305,11 +301,11 @@ class _Loader:
             retries=s.integer("retries", DEFAULT_RETRIES, minimum=0),
             retry_delay=s.number("retry_delay", DEFAULT_RETRY_DELAY, minimum=0.0),
             timeout=s.number("timeout", None, above=0.0),
-            keep_done=s.duration("keep_done", None),
-            keep_failed=s.duration("keep_failed", None),
-            keep_cancelled=s.duration("keep_cancelled", None),
+            keep_done=s.parsed("keep_done", None, duration, _DURATION),
+            keep_failed=s.parsed("keep_failed", None, duration, _DURATION),
+            keep_cancelled=s.parsed("keep_cancelled", None, duration, _DURATION),
             max_interrupted=s.integer("max_interrupted", None, minimum=0),  # type: ignore[arg-type]
-            max_queued=s.integer("max_queued", DEFAULT_MAX_QUEUED, minimum=0),
+            max_queued=s.integer("max_queued", JobConfig.max_queued, minimum=0),
             options=dict(values),
         )
 
@@ -363,10 +359,6 @@ class _Section:
             return value
         bound = f">= {minimum:g}" if minimum is not None else f"> {above:g}"
         return self.parsed(key, default, parse, f"expected a number {bound}")
-
-    def duration(self, key: str, default: T) -> float | T:
-        """Seconds, with an optional s, m, h or d suffix."""
-        return self.parsed(key, default, duration, "expected a duration like 90s, 15m, 1h or 7d")
 
     def boolean(self, key: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

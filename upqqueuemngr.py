@@ -137,7 +137,6 @@ class QueueManager:
         queue = DBQueue(self.db, cfg.name, self.node, self.log, poll_interval=srv.poll_interval,
                         slots=wanted_slots(cfg), lease_validity=srv.node_timeout / 2)
         queue.set_leasing(self._alone)
-        queue.cap = cfg.max_queued
         if self.is_paused(cfg.name):
             queue.set_paused(True)
         slots = Slots(wanted_slots(cfg))
@@ -176,7 +175,6 @@ class QueueManager:
                 continue
             old = jt.config.concurrent
             jt.config, jt.cls = cfg, job_classes[name]
-            jt.queue.cap = cfg.max_queued
             if cfg.concurrent != old:
                 changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
                 for _ in range(jt.slots.resize(wanted_slots(cfg))):

@@ -121,13 +121,13 @@ class Submitter:
             self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
             return Pending.resolved(Accepted(job.jobid, job.msg))
-        msg, cap = job.msg, jt.queue.cap
+        msg, cap = job.msg, jt.config.max_queued
 
         def accepted(jobid: int) -> Accepted:
             if not jobid:       # max_queued: nothing was stored
                 raise QueueFull(f"queue full: {cap} {jt.name} jobs queued")
             return Accepted(jobid, msg)
-        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay), accepted)
+        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay, cap=cap), accepted)
 
     def _run_inline(self, jt: JobType, job: UpqJob, parent: int | None) -> Accepted:
         """concurrent = 0: run in the caller's thread, answer with the outcome."""
