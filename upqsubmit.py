@@ -115,7 +115,7 @@ class Submitter:
 
     def _store(self, jt: JobType, job: UpqJob, *, parent: int | None = None,
                delay: float | None = None) -> Submitted:
-        if jt.inline and not delay:
+        if jt.inline and not delay and not self.manager.is_paused(jt.name):   # paused: queued
             return Pending.resolved(self._run_inline(jt, job, parent))
         if job.jobid is not None:           # 2011 style: check() called enqueue_job()
             self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay)

@@ -114,3 +114,13 @@ def test_max_queued_is_exact_under_concurrent_clients(make_daemon):
     assert d.ask("resume record") == "ACK"
     wait_for(lambda: stats(d)["jobs"]["record"]["done"] == cap, 30, "the queue to drain")
     assert d.ask("record").startswith("ACK ")
+
+
+def test_paused_inline_type_queues_instead_of_running(make_daemon):
+    d = make_daemon({"record": {"concurrent": "0"}, "hello": {}})
+    assert d.ask("pause record") == "ACK"
+    jobid = d.submit("record")
+    assert d.wait_job(d.submit("hello name:x"))["state"] == "done"
+    assert d.job(jobid)["state"] == "new" and d.starts() == {}
+    assert d.ask("resume record") == "ACK"
+    assert d.wait_job(jobid)["state"] == "done"
