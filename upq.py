@@ -173,7 +173,7 @@ def start(d: Daemon) -> Running:
     db.nodes.cap_for = lambda name: interrupt_cap(manager.config, name)
     db.nodes.on_interrupt_failed = lambda rows: _interrupt_failed(manager, notifier, completions, rows)
     notifier.start()
-    recovered = db.nodes.requeue_orphans(node)
+    recovered = db.nodes.requeue_orphans(node, crashed=keeper.previous_state != "stopped")
     if recovered:
         log.warning("re-queued %d job(s) that this node left running", recovered)
     register_types(db, config.enabled_jobs())

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from upqschema import JobRow, jobs, row_from, utcnow
 from upqstates import State
 
-CapFor = Callable[[str], int]          # jobname -> max_interrupted (0 = no cap)
+CapFor = Callable[[str], int]   # jobname -> max_interrupted (0 = no cap; < 0: count nothing)
 
 
 def interrupted_msg(times: int) -> str:
@@ -33,20 +33,24 @@ def requeue_interrupted(conn: Connection, where: Any, cap_for: CapFor, failed: l
     stored = conn.execute(select(jobs).where(jobs.c.state == State.RUNNING, where).with_for_update()).all()
     now = utcnow()
     again = []
+    counted = []
     for r in stored:
         row, times = row_from(r), (r.interrupted or 0) + 1
         cap = cap_for(row.jobname)
-        if cap and times >= cap:
+        if cap < 0:                 # not an interruption (a clean stop left it running)
+            again.append(row.jobid)
+        elif cap and times >= cap:
             msg = interrupted_msg(times)
             conn.execute(update(jobs).where(jobs.c.jobid == row.jobid, jobs.c.state == State.RUNNING)
                          .values(state=State.FAILED, finished=now, msg=msg, interrupted=times))
             failed.append(dataclasses.replace(row, state=State.FAILED, finished=now, msg=msg))
         else:
-            again.append(row.jobid)
-    if again:
-        conn.execute(update(jobs).where(jobs.c.jobid.in_(again), jobs.c.state == State.RUNNING)
-                     .values(state=State.NEW, node=None, interrupted=jobs.c.interrupted + 1))
-    return len(again)
+            counted.append(row.jobid)
+    for ids, values in ((counted, dict(interrupted=jobs.c.interrupted + 1)), (again, {})):
+        if ids:
+            conn.execute(update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == State.RUNNING)
+                         .values(state=State.NEW, node=None, **values))
+    return len(counted) + len(again)
 
 
 def record_interruption(write: Callable[[Callable[[Connection], Any]], Any], row: JobRow, node: str,

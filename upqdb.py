@@ -318,13 +318,16 @@ class NodeStore:
         self._report(failed)
         return out
 
-    def requeue_orphans(self, node: str) -> int:
-        """Jobs this node left running (crash, kill -9) go back to new, and its leases too."""
+    def requeue_orphans(self, node: str, crashed: bool = True) -> int:
+        """Jobs this node left running (crash, kill -9) go back to new, and its leases too.
+        Not `crashed`: its last run stopped cleanly, leaving runs past shutdown_grace behind;
+        those were cut off by the admin, not by the job, and count no interruption."""
         failed: list[JobRow] = []
+        cap_for = self.cap_for if crashed else (lambda jobname: -1)
 
         def op(conn: Connection) -> int:
             failed.clear()
-            return _requeue_node_jobs(conn, node, self.cap_for, failed)
+            return _requeue_node_jobs(conn, node, cap_for, failed)
         out = self.write(op)
         self._report(failed)
         return out

@@ -55,3 +55,16 @@ def test_leases_of_a_crashed_daemon_do_not_count_as_interruptions(make_daemon):
     assert d.job(first)["msg"] == "interrupted 1 times: the daemon or its worker died while it ran"
     for jobid in queued:
         assert d.wait_job(jobid)["state"] == "done"
+
+
+def test_a_clean_stop_past_shutdown_grace_is_no_interruption(make_daemon):
+    d = make_daemon({"gate": {"concurrent": "1", "max_interrupted": "1"}, "hello": {}},
+                    server={"shutdown_grace": "0.5"})
+    jobid = d.submit("gate")
+    wait_for(lambda: d.job(jobid)["state"] == "running", 15, "the gate job to run")
+    assert d.stop() == 0                     # the run is left behind, still running
+    d.start()
+    wait_for(lambda: len(d.starts()[jobid]) == 2, 15, "the job to run again")
+    assert d.job(jobid)["state"] == "running"
+    (d.dir / "gate.open").write_text("")
+    assert d.wait_job(jobid)["state"] == "done"
