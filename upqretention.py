@@ -26,7 +26,9 @@ from upqschema import jobs, metadata, utcnow
 from upqstates import FINAL, State
 
 BATCH = 1000                    # rows deleted per transaction at most
-PAUSE_BETWEEN = 0.005           # seconds between batches, so submissions keep their share
+MIN_BATCH = 100
+BATCH_SECONDS = 0.02            # what one batch's write should take (its size adapts)
+PAUSE_BETWEEN = 0.005           # seconds between batches at least, so submissions keep their share
 # tables whose rows belong to a job (column `jobid`); one that does not exist is skipped
 JOB_TABLES = ("upq_job_logs",)
 
@@ -50,21 +52,28 @@ def delete_jobs(conn: Connection, ids: list[int], state: State) -> int:
 
 
 def purge_batches(db: Database, jobname: str, state: State, cutoff: dt.datetime,
-                  go_on: Callable[[], bool] = lambda: True) -> int:
-    """Delete `jobname`'s jobs in final `state` that ended before `cutoff`, BATCH at a time."""
+                  go_on: Callable[[], bool] = lambda: True, gentle: bool = True) -> int:
+    """Delete `jobname`'s jobs in final `state` that ended before `cutoff`, in batches of at
+    most BATCH rows. `gentle` (the background purge): batches sized so each write takes about
+    BATCH_SECONDS (a submission waiting behind one waits no longer), each followed by at least
+    as long a pause; else (`purge`, asked for now) full batches with short pauses."""
     assert state in FINAL
-    total = 0
+    total, size = 0, BATCH
     pick = (select(jobs.c.jobid).where(jobs.c.jobname == jobname, jobs.c.state == state,
-                                       jobs.c.finished < cutoff)
-            .order_by(jobs.c.finished).limit(BATCH))
+                                       jobs.c.finished < cutoff).order_by(jobs.c.finished))
     while go_on():
-        ids = db._read(lambda conn: [int(r[0]) for r in conn.execute(pick)])
+        ids = db._read(lambda conn: [int(r[0]) for r in conn.execute(pick.limit(size))])
         if not ids:
             break
+        t0 = time.monotonic()
         total += db.write(lambda conn: delete_jobs(conn, ids, state))
-        if len(ids) < BATCH:
+        took = time.monotonic() - t0
+        if len(ids) < size:
             break
-        time.sleep(PAUSE_BETWEEN)
+        if gentle:
+            size = (max(MIN_BATCH, size // 2) if took > BATCH_SECONDS else
+                    min(BATCH, size * 2) if took < BATCH_SECONDS / 2 else size)
+        time.sleep(max(PAUSE_BETWEEN, took) if gentle else PAUSE_BETWEEN)
     return total
 
 
@@ -72,7 +81,7 @@ def purge(db: Database, state: State, older: float, jobname: str | None) -> int:
     """The `purge` command: delete at once the jobs in `state` that ended `older` seconds ago."""
     cutoff = utcnow() - dt.timedelta(seconds=older)
     names = [jobname] if jobname else known_types(db)
-    return sum(purge_batches(db, name, state, cutoff) for name in names)
+    return sum(purge_batches(db, name, state, cutoff, gentle=False) for name in names)
 
 
 class Retention:
