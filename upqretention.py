@@ -27,7 +27,7 @@ from upqstates import FINAL, State
 
 BATCH = 1000                    # rows deleted per transaction at most
 MIN_BATCH = 100
-BATCH_SECONDS = 0.02            # what one batch's write should take (its size adapts)
+BATCH_SECONDS = 0.01            # what one batch's write should take (its size adapts)
 PAUSE_BETWEEN = 0.005           # seconds between batches at least, so submissions keep their share
 # tables whose rows belong to a job (column `jobid`); one that does not exist is skipped
 JOB_TABLES = ("upq_job_logs",)
