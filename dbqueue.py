@@ -81,7 +81,8 @@ class DBQueue:
         direct = not self._paused and self._waiting - self._reserved - len(self._buffer) > 0
         if direct:
             with self._cond:
-                direct = not self._stopped and not self._paused and self._waiting - self._reserved - len(self._buffer) > 0
+                direct = (not self._stopped and not self._paused
+                          and self._waiting - self._reserved - len(self._buffer) > 0)
                 if direct:
                     self._reserved += 1
         if not direct:
