@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy import create_engine, insert
 
-from conftest import wait_for
+from conftest import SQLITE_ONLY, wait_for
 from helpers.client import stats
 
 BULK_JOBS = {"record": {"concurrent": "2"}, "gate": {"concurrent": "1"}, "fail": {}}
@@ -65,6 +65,7 @@ def test_bulk_retry_of_10000_failed_jobs_keeps_ping_fast(make_daemon, workdir):
     assert stats(d)["jobs"]["record"]["cancelled"] == n
 
 
+@SQLITE_ONLY
 def test_bulk_cancel_leaves_running_jobs_alone(make_daemon):
     d = make_daemon(BULK_JOBS)
     running = d.submit("gate")
@@ -80,6 +81,7 @@ def test_bulk_cancel_leaves_running_jobs_alone(make_daemon):
     assert d.starts()[queued[0]] == []
 
 
+@SQLITE_ONLY
 def test_bulk_bad_input_and_cli_verbs(daemon):
     for bad in ("retry type:", "retry type:../x", "cancel type:nosuch", "retry type:a b", "cancel type:x extra"):
         assert daemon.ask(bad).startswith("ERR "), bad

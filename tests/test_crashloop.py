@@ -1,7 +1,7 @@
 """The crash-loop cap: a job that kills its daemon ends failed after max_interrupted restarts."""
 from __future__ import annotations
 
-from conftest import wait_for
+from conftest import SQLITE_ONLY, wait_for
 from helpers.net import SyslogReceiver
 
 MSG = "interrupted 3 times: the daemon or its worker died while it ran"
@@ -42,6 +42,7 @@ def test_job_killing_its_daemon_ends_failed_at_the_cap_and_retry_runs_it(make_da
         syslog.close()
 
 
+@SQLITE_ONLY
 def test_leases_of_a_crashed_daemon_do_not_count_as_interruptions(make_daemon):
     # max_interrupted = 1: a job whose recorded run was cut off once ends failed at once,
     # but jobs only leased (never started) when the daemon died go back and run
@@ -57,6 +58,7 @@ def test_leases_of_a_crashed_daemon_do_not_count_as_interruptions(make_daemon):
         assert d.wait_job(jobid)["state"] == "done"
 
 
+@SQLITE_ONLY
 def test_a_clean_stop_past_shutdown_grace_is_no_interruption(make_daemon):
     d = make_daemon({"gate": {"concurrent": "1", "max_interrupted": "1"}, "hello": {}},
                     server={"shutdown_grace": "0.5"})

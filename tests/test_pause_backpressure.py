@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import MYSQL_ONLY, wait_for
+from conftest import MYSQL_ONLY, SQLITE_ONLY, wait_for
 from helpers.client import stats
 
 GATE_JOBS = {"record": {"concurrent": "2"}, "hello": {}, "gate": {"concurrent": "1"}}
@@ -31,6 +31,7 @@ def test_paused_type_accepts_but_runs_nothing_until_resumed(make_daemon):
     assert stats(d)["jobs"]["record"]["paused"] is False
 
 
+@SQLITE_ONLY
 def test_running_jobs_finish_while_paused(make_daemon):
     d = make_daemon(GATE_JOBS)
     first = d.submit("gate")
@@ -45,6 +46,7 @@ def test_running_jobs_finish_while_paused(make_daemon):
     assert d.wait_job(second)["state"] == "done"
 
 
+@SQLITE_ONLY
 def test_pause_bad_names_get_err(daemon):
     assert daemon.ask("pause nosuchtype").startswith("ERR unknown job type")
     assert daemon.ask("resume nosuchtype").startswith("ERR unknown job type")
@@ -116,6 +118,7 @@ def test_max_queued_is_exact_under_concurrent_clients(make_daemon):
     assert d.ask("record").startswith("ACK ")
 
 
+@SQLITE_ONLY
 def test_paused_inline_type_queues_instead_of_running(make_daemon):
     d = make_daemon({"record": {"concurrent": "0"}, "hello": {}})
     assert d.ask("pause record") == "ACK"

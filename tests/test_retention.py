@@ -8,7 +8,7 @@ import time
 
 from sqlalchemy import create_engine, func, insert, select
 
-from conftest import wait_for
+from conftest import SQLITE_ONLY, wait_for
 
 KEEP_JOBS = {"record": {"concurrent": "2"}, "fail": {}, "gate": {"concurrent": "1"},
              "hello": {"keep_done": "0"}}             # hello: kept forever, whatever [server] says
@@ -42,6 +42,7 @@ def test_short_keep_deletes_ended_jobs_and_never_queued_or_running(make_daemon):
     assert d.job(kept)["state"] == "done"
 
 
+@SQLITE_ONLY
 def test_purge_command_deletes_at_once_and_refuses_active_states(make_daemon):
     d = make_daemon(KEEP_JOBS)
     done = [d.submit("record") for _ in range(3)]
