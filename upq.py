@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import select
@@ -246,7 +247,9 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         out.append("[db]")
     if old.paths.socket != new.paths.socket:
         out.append("[paths] socket")
-    if old.server != new.server:
+    # retention and the crash-loop cap read these anew: they apply at reload
+    live = {k: getattr(new.server, k) for k in ("keep_done", "keep_failed", "keep_cancelled", "max_interrupted")}
+    if dataclasses.replace(old.server, **live) != new.server:
         out.append("[server]")
     if old.mail != new.mail or old.notify != new.notify:
         out.append("[mail] / [notify]")
