@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test check bench soak schedule-soak clean wheel deb deb-deps deb-check
+.PHONY: run test check bench soak schedule-soak long clean wheel deb deb-deps deb-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ deb-check: deb-deps
 # ~11 minutes: `every 1s` on three daemons sharing MariaDB makes exactly 600 jobs in 10 minutes
 schedule-soak: $(STAMP)
 	UPQ_SCHEDULE_SOAK=1 $(PY) -m pytest -q tests/test_schedule_soak.py
+
+# the full-size variants of tests that are cut down in `make test` (UPQ_LONG=1)
+long: $(STAMP)
+	UPQ_LONG=1 $(PY) -m pytest -q tests/test_retention.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build dist *.egg-info

@@ -66,25 +66,28 @@ class DBQueue:
         self._held_back: set[int] = set()  # jobs whose timed-out run is still alive here
         self._avg_run = 1.0         # seconds per run (moving average); slow until measured
         self._leasing = False       # alone on the database: lease ahead (set_leasing)
+        self._paused = False        # the type is paused (upqpause.py): claim nothing
 
     # -- producer side -----------------------------------------------------
     def put_async(self, params: dict[str, str], parent: int | None = None,
-                  delay: float | None = None, priority: int = 0) -> "Pending[int]":
-        """Store a job; the future resolves to its id after commit, then a worker is woken."""
+                  delay: float | None = None, priority: int = 0, cap: int = 0) -> "Pending[int]":
+        """Store a job; the future resolves to its id after commit (0 if `cap` jobs are queued)."""
         if delay:
-            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay, priority=priority)
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, delay=delay, priority=priority,
+                                           cap=cap)
             self.wake_at(time.monotonic() + delay)
             return fut
         # a lock-free look first: with every worker busy (a backlog) submissions never touch the
         # queue's lock, which the workers and the writer's callbacks also want
-        direct = self._waiting - self._reserved - len(self._buffer) > 0
+        direct = not self._paused and self._waiting - self._reserved - len(self._buffer) > 0
         if direct:
             with self._cond:
-                direct = not self._stopped and self._waiting - self._reserved - len(self._buffer) > 0
+                direct = (not self._stopped and not self._paused
+                          and self._waiting - self._reserved - len(self._buffer) > 0)
                 if direct:
                     self._reserved += 1
         if not direct:
-            fut = self.db.insert_job_async(self.jobname, params, parent=parent, priority=priority)
+            fut = self.db.insert_job_async(self.jobname, params, parent=parent, priority=priority, cap=cap)
             fut.add_done_callback(lambda _f: self.wake())
             return fut
         now = utcnow()
@@ -180,6 +183,12 @@ class DBQueue:
             back = [] if on else self._take_out(lambda row: row.state == State.LEASED)
         self.give_back(back)
 
+    def set_paused(self, on: bool) -> None:
+        """A paused type claims nothing more (jobs leased already, ~50 ms of work, still start)."""
+        with self._cond:
+            self._paused = on
+            self._cond.notify_all()
+
     def withdraw(self, jobid: int) -> JobRow | None:
         """Take a leased job out before a worker has it (to cancel it); the job if it was here."""
         with self._cond:
@@ -233,7 +242,7 @@ class DBQueue:
                 return self._buffer.popleft()
             # claim for the idle workers not already promised a job being stored for them;
             # they stay promised while the claim runs, so no job is claimed twice over
-            want = self._want()
+            want = 0 if self._paused else self._want()
             if not self._claiming and want > 0:
                 generation = self._generation
                 self._reserved += want

@@ -82,3 +82,16 @@ def octal_mode(raw: str) -> int:
 
 def syslog_address(raw: str) -> str:
     return raw if raw.startswith("/") else host_port(raw)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(raw: str) -> float:
+    """'90', '90s', '15m', '1h', '7d' -> seconds; ValueError for anything else or a negative."""
+    text = raw.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:], 0)
+    number = float(text[:-1] if unit else text)
+    if number != number or number < 0 or number in (float("inf"),):
+        raise ValueError
+    return number * (unit or 1)

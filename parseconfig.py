@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
-from inifile import BadValue, host_port, octal_mode, port_number, read_ini, syslog_address
+from inifile import BadValue, duration, host_port, octal_mode, port_number, read_ini, syslog_address
 from module_loader import job_name_problem
 from upqerrors import ConfigError
 from upqjobkeys import Periodic, periodic_from, priority_from, unique_from
@@ -82,6 +82,10 @@ class ServerConfig:
     node_name: str = ""             # "" = host name and socket path
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    keep_done: float = 7 * 86400.0  # seconds an ended job is kept; 0 = forever (upqretention.py)
+    keep_failed: float = 30 * 86400.0
+    keep_cancelled: float = 7 * 86400.0
+    max_interrupted: int = 3        # interrupted runs before a job ends failed; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ class JobConfig:
     retries: int = DEFAULT_RETRIES
     retry_delay: float = DEFAULT_RETRY_DELAY
     timeout: float | None = None
+    keep_done: float | None = None          # None: [server]'s
+    keep_failed: float | None = None
+    keep_cancelled: float | None = None
+    max_interrupted: int | None = None      # None: [server]'s
+    max_queued: int = 0                     # queued jobs of the type at most; 0 = no cap
     options: Mapping[str, str] = field(default_factory=dict)  # the whole section as written (self.jobcfg)
     periodic: "Periodic | None" = None      # schedule, schedule_tz, schedule_params, schedule_overlap
     unique: tuple[str, ...] = ()            # param names that make a job a duplicate ("*" = all)
@@ -152,10 +161,12 @@ _DB_KEYS = {"url", "durability"}
 _SERVER_KEYS = {
     "socket_mode", "socket_group", "listen", "token", "shutdown_grace", "allow_root",
     "max_connections", "idle_timeout", "node_name", "node_timeout", "poll_interval",
+    "keep_done", "keep_failed", "keep_cancelled", "max_interrupted",
 }
 _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeout"}
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
 _SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify"}
+_DURATION = "expected a duration like 90s, 15m, 1h or 7d (0 = keep forever)"
 _SQLITE_RELATIVE_RE = re.compile(r"^(sqlite(?:\+\w+)?:///)(\./.*)$")
 T = TypeVar("T")
 
@@ -247,6 +258,10 @@ class _Loader:
             node_name=s.text("node_name", d.node_name),
             node_timeout=s.number("node_timeout", d.node_timeout, above=0.0),
             poll_interval=s.number("poll_interval", d.poll_interval, above=0.0),
+            keep_done=s.parsed("keep_done", d.keep_done, duration, _DURATION),
+            keep_failed=s.parsed("keep_failed", d.keep_failed, duration, _DURATION),
+            keep_cancelled=s.parsed("keep_cancelled", d.keep_cancelled, duration, _DURATION),
+            max_interrupted=s.integer("max_interrupted", d.max_interrupted, minimum=0),
         )
 
     def mail_section(self, s: _Section) -> MailConfig:
@@ -290,6 +305,11 @@ class _Loader:
             retries=s.integer("retries", DEFAULT_RETRIES, minimum=0),
             retry_delay=s.number("retry_delay", DEFAULT_RETRY_DELAY, minimum=0.0),
             timeout=s.number("timeout", None, above=0.0),
+            keep_done=s.parsed("keep_done", None, duration, _DURATION),
+            keep_failed=s.parsed("keep_failed", None, duration, _DURATION),
+            keep_cancelled=s.parsed("keep_cancelled", None, duration, _DURATION),
+            max_interrupted=s.integer("max_interrupted", None, minimum=0),  # type: ignore[arg-type]
+            max_queued=s.integer("max_queued", JobConfig.max_queued, minimum=0),
             options=dict(values),
             periodic=periodic_from(values, s.problem),
             unique=unique_from(values, s.problem),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import select
@@ -26,9 +27,12 @@ if TYPE_CHECKING:
     from upqdb import Database
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
+    from upqcontrol import Completions
     from upqqueuemngr import QueueManager
     from upqschedule import Scheduler
     from upqserver import UpqServer
+    from upqpause import Pauses
+    from upqretention import Retention
 
 VERSION = "0.1.0"
 
@@ -88,6 +92,8 @@ class Running:
     servers: "list[UpqServer]"
     reloader: "Reloader"
     scheduler: "Scheduler | None" = None
+    pauses: "Pauses | None" = None
+    retention: "Retention | None" = None
 
 
 def prepare(d: Daemon) -> None:
@@ -140,8 +146,11 @@ def start(d: Daemon) -> Running:
     from upqcontrol import Completions, Control
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
+    from upqbulk import Admin
+    from upqpause import Pauses, register_types
     from upqqueuemngr import QueueManager
     from upqschedule import Scheduler
+    from upqretention import Retention
     from upqserver import UpqServer
     from upqsubmit import Submitter
 
@@ -157,9 +166,12 @@ def start(d: Daemon) -> Running:
     manager = QueueManager(config, db, d.classes, log, node, hooks=[completions.on_ended, notifier.on_ended])
     control = Control(manager, db, completions, srv.poll_interval)
     submitter = Submitter(manager, db, control.wait)
+    pauses = Pauses(db, log, srv.poll_interval, manager.set_paused)
+    manager.is_paused = pauses.is_paused
     reloader = Reloader(d, manager)
     scheduler = Scheduler(db, submitter, manager, log, node)
-    dispatcher = Dispatcher(submitter, control, manager, reloader.reload, schedules=scheduler.describe)
+    dispatcher = Dispatcher(submitter, control, manager, reloader.reload, Admin(db, manager, pauses),
+                            schedules=scheduler.describe)
     servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
                          logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
                for sock in d.listeners]
@@ -167,14 +179,37 @@ def start(d: Daemon) -> Running:
     keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
                         on_cancel=control.flag_cancelled, on_peers=manager.set_peers)
     keeper.register()
-    recovered = db.nodes.requeue_orphans(node)
+    db.nodes.cap_for = lambda name: interrupt_cap(manager.config, name)
+    db.nodes.on_interrupt_failed = lambda rows: _interrupt_failed(manager, notifier, completions, rows)
+    notifier.start()
+    recovered = db.nodes.requeue_orphans(node, crashed=keeper.previous_state != "stopped")
     if recovered:
         log.warning("re-queued %d job(s) that this node left running", recovered)
-    notifier.start()
+    register_types(db, config.enabled_jobs())
+    pauses.refresh()
     manager.start(host=submitter)
+    pauses.start()
     keeper.start()
     scheduler.start()
-    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler)
+    retention = Retention(db, lambda: manager.config, log)
+    retention.start()
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler, pauses, retention)
+
+
+def interrupt_cap(config: Config, jobname: str) -> int:
+    """max_interrupted of a type: its own, else [server]'s."""
+    job = config.jobs.get(jobname)
+    own = None if job is None else job.max_interrupted
+    return config.server.max_interrupted if own is None else own
+
+
+def _interrupt_failed(manager: "QueueManager", notifier: "Notifier", completions: "Completions",
+                      rows: list) -> None:
+    """Jobs ended failed by the crash-loop cap are notified like any failure; waiters woken."""
+    from parseconfig import JobConfig
+    for row in rows:
+        notifier.job_ended(manager.config.jobs.get(row.jobname) or JobConfig(row.jobname, True), row)
+        completions.notify(row.jobid, row)
 
 
 class Reloader:
@@ -206,6 +241,8 @@ class Reloader:
                     d.log.error("reload: %s", problem)
             for what in _needs_restart(d.config, config):
                 d.log.warning("reload: %s changed; that takes effect at the next restart", what)
+            from upqpause import register_types
+            register_types(self.manager.db, config.enabled_jobs())
             changes = self.manager.reconfigure(config, classes)
             d.classes = classes
             d.config = config
@@ -219,7 +256,9 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         out.append("[db]")
     if old.paths.socket != new.paths.socket:
         out.append("[paths] socket")
-    if old.server != new.server:
+    # retention and the crash-loop cap read these anew: they apply at reload
+    live = {k: getattr(new.server, k) for k in ("keep_done", "keep_failed", "keep_cancelled", "max_interrupted")}
+    if dataclasses.replace(old.server, **live) != new.server:
         out.append("[server]")
     if old.mail != new.mail or old.notify != new.notify:
         out.append("[mail] / [notify]")
@@ -266,8 +305,9 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
         server.shutdown()
         server.server_close()
     unlink(d.config.paths.socket)
-    if r.scheduler is not None:
-        r.scheduler.stop()
+    for worker in (r.scheduler, r.retention, r.pauses):
+        if worker is not None:
+            worker.stop()
     all_ended = r.manager.stop(d.config.server.shutdown_grace)
     r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
     if not all_ended:

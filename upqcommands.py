@@ -6,7 +6,7 @@ turned into `ERR <reason>` by the socket edge (upqserver.py).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import upqproto as proto
 from upqcontrol import Control
@@ -14,6 +14,9 @@ from upqerrors import BadRequest, ConfigError, UpqError
 from upqproto import Request
 from upqqueuemngr import QueueManager
 from upqsubmit import Submitted, Submitter
+
+if TYPE_CHECKING:
+    from upqbulk import Admin
 
 Gone = Callable[[], bool]           # has the client hung up? (checked while `wait` blocks)
 Handler = Callable[[Request, Gone], str]
@@ -23,8 +26,9 @@ class Dispatcher:
     """Request line -> answer; one per daemon, shared by every connection."""
 
     def __init__(self, submitter: Submitter, control: Control, manager: QueueManager,
-                 reload: Callable[[], list[str]],
+                 reload: Callable[[], list[str]], admin: "Admin | None" = None,
                  schedules: Callable[[], list[dict[str, Any]]] = lambda: []):
+        self.admin = admin
         self.submitter = submitter
         self.control = control
         self.manager = manager
@@ -34,6 +38,7 @@ class Dispatcher:
             "ping": self.ping, "status": self.status, "wait": self.wait, "list": self.list,
             "list_queue": self.list, "stats": self.stats, "help": self.help, "cancel": self.cancel,
             "retry": self.retry, "reload": self.reload_config,
+            "pause": self.pause, "resume": self.resume, "purge": self.purge,
         }
         self.handlers["schedules"] = self.schedules
         # every command of the table is served here, but `auth`, which only the TCP edge knows
@@ -61,10 +66,33 @@ class Dispatcher:
         return proto.job_answer(row, children=children)
 
     def cancel(self, req: Request, gone: Gone) -> str:
+        jobname = proto.type_arg(req)
+        if jobname is not None:
+            return proto.ack(f"{self._admin().cancel_type(jobname)} cancelled")
         return proto.job_answer(self.control.cancel(proto.jobid_arg(req)))
 
     def retry(self, req: Request, gone: Gone) -> str:
+        jobname = proto.type_arg(req)
+        if jobname is not None:
+            return proto.ack(f"{self._admin().retry_type(jobname)} requeued")
         return proto.job_answer(self.control.retry(proto.jobid_arg(req)))
+
+    def _admin(self) -> "Admin":
+        if self.admin is None:
+            raise BadRequest("not available on this daemon")
+        return self.admin
+
+    def pause(self, req: Request, gone: Gone) -> str:
+        self._admin().pause(proto.jobname_arg(req))
+        return proto.ack()
+
+    def resume(self, req: Request, gone: Gone) -> str:
+        self._admin().resume(proto.jobname_arg(req))
+        return proto.ack()
+
+    def purge(self, req: Request, gone: Gone) -> str:
+        state, older, jobname = proto.purge_args(req)
+        return proto.ack(f"{self._admin().purge(state, older, jobname)} purged")
 
     def wait(self, req: Request, gone: Gone) -> str:
         jobid, timeout = proto.wait_args(req)

@@ -87,7 +87,8 @@ class Control:
             jt = types.get(name)
             jobs[name] = {"queued": per.get(State.NEW, 0),
                           **{s.value: per.get(s, 0) for s in SHOWN if s != State.NEW},
-                          "workers": 0 if jt is None else jt.config.concurrent}
+                          "workers": 0 if jt is None else jt.config.concurrent,
+                          "paused": self.manager.is_paused(name)}
         return {"jobs": jobs, "nodes": self.db.list_nodes()}
 
     def cancel(self, jobid: int) -> JobRow:

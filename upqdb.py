@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from groupcommit import Pending, Retrying, RowInsert, Writer, describe
+from upqcrashloop import CapFor, requeue_interrupted
 from upqengine import Clock, create_schema, is_sqlite, make_engine
 from upqerrors import DatabaseUnavailable
 from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
@@ -144,20 +145,25 @@ class Database:
     def insert_job_async(self, jobname: str, params: dict[str, str], *, state: State = State.NEW,
                          node: str | None = None, parent: int | None = None,
                          delay: float | None = None, now: dt.datetime | None = None,
-                         priority: int = 0) -> "Pending[int]":
-        """Store a job (due `delay` seconds from now); the future holds its id once committed."""
+                         priority: int = 0, cap: int = 0) -> "Pending[int]":
+        """Store a job (due `delay` seconds from now); the future holds its id once committed,
+        or 0 when `cap` jobs of the type were queued already (max_queued; nothing stored)."""
         now = now or utcnow()
         running = state == State.RUNNING
         values = dict(jobname=jobname, state=state, params=json.dumps(params, ensure_ascii=False),
                       msg="", attempts=1 if running else 0, retries_used=0, created=now,
                       started=now if running else None, run_after=None, node=node, parent=parent,
                       cancel_requested=0, prio_rank=-priority)
+        store: Callable[[Connection], int] = RowInsert(jobs, values)
+        if cap and not running:
+            from upqpause import capped_insert
+            store = capped_insert(jobname, values, cap)
         if not delay:
-            return self.writer.submit(RowInsert(jobs, values))
+            return self.writer.submit(store)
 
         def op(conn: Connection) -> int:
             values["run_after"] = self.db_now(conn) + dt.timedelta(seconds=delay)
-            return RowInsert(jobs, values)(conn)
+            return store(conn)
         return self.writer.submit(op)
 
     def accept_held(self, jobid: int, params: dict[str, str], state: State, node: str,
@@ -229,7 +235,7 @@ class Database:
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
         again = dict(state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0,
-                     cancel_requested=0, unique_key=jobs.c.unique_digest)
+                     cancel_requested=0, unique_key=jobs.c.unique_digest, interrupted=0)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]
@@ -256,6 +262,10 @@ class NodeStore:
 
     def __init__(self, db: Database):
         self.db = db
+        # the crash-loop cap (upqcrashloop.py), set by upq.py: max_interrupted of a type, and
+        # who hears of jobs that ended failed at it (after the commit)
+        self.cap_for: CapFor = lambda jobname: 0
+        self.on_interrupt_failed: Callable[[list[JobRow]], None] = lambda rows: None
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         return self.db.write(fn)
@@ -301,6 +311,7 @@ class NodeStore:
         """Nodes silent for `timeout` seconds are marked dead and their running jobs re-queued,
         exactly once: only the daemon whose conditional update wins does it."""
         def op(conn: Connection) -> list[tuple[str, int]]:
+            failed.clear()
             cutoff = self.db_now(conn) - dt.timedelta(seconds=timeout)
             stale = [r[0] for r in conn.execute(
                 select(nodes.c.node).where(nodes.c.state == "alive", nodes.c.heartbeat < cutoff,
@@ -310,19 +321,38 @@ class NodeStore:
                 won = conn.execute(update(nodes).where(nodes.c.node == name, nodes.c.state == "alive",
                                                        nodes.c.heartbeat < cutoff).values(state="dead"))
                 if won.rowcount == 1:
-                    out.append((name, _requeue_node_jobs(conn, name)))
+                    out.append((name, _requeue_node_jobs(conn, name, self.cap_for, failed)))
             return out
-        return self.write(op)
+        failed: list[JobRow] = []
+        out = self.write(op)
+        self._report(failed)
+        return out
 
-    def requeue_orphans(self, node: str) -> int:
-        """Jobs this node left running (crash, kill -9) go back to new, and its leases too."""
-        return self.write(lambda conn: _requeue_node_jobs(conn, node))
+    def requeue_orphans(self, node: str, crashed: bool = True) -> int:
+        """Jobs this node left running (crash, kill -9) go back to new, and its leases too.
+        Not `crashed`: its last run stopped cleanly, leaving runs past shutdown_grace behind;
+        those were cut off by the admin, not by the job, and count no interruption."""
+        failed: list[JobRow] = []
+        cap_for = self.cap_for if crashed else (lambda jobname: -1)
+
+        def op(conn: Connection) -> int:
+            failed.clear()
+            return _requeue_node_jobs(conn, node, cap_for, failed)
+        out = self.write(op)
+        self._report(failed)
+        return out
+
+    def _report(self, failed: list[JobRow]) -> None:
+        if failed:
+            for row in failed:
+                self.db.log.warning("job %s #%d: %s", row.jobname, row.jobid, row.msg)
+            self.on_interrupt_failed(failed)
 
 
-def _requeue_node_jobs(conn: Connection, node: str) -> int:
-    """A node that died: its held jobs were never ACKed (dropped), its leases and running jobs
-    go back to new for any daemon; returns how many were running."""
+def _requeue_node_jobs(conn: Connection, node: str, cap_for: CapFor, failed: list[JobRow]) -> int:
+    """A node that died: its held jobs were never ACKed (dropped), its leases go back to new
+    for any daemon, its running jobs too, each counting an interruption (ended failed at the
+    cap, into `failed`); returns how many running jobs went back."""
     conn.execute(delete(jobs).where(jobs.c.state == State.HELD, jobs.c.node == node))
     release_leases(conn, jobs.c.node == node, crashed=True)
-    return conn.execute(update(jobs).where(jobs.c.state == State.RUNNING, jobs.c.node == node)
-                        .values(state=State.NEW, node=None)).rowcount
+    return requeue_interrupted(conn, jobs.c.node == node, cap_for, failed)

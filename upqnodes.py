@@ -39,6 +39,7 @@ class NodeKeeper:
         self.interval = min(1.0, timeout / 4)     # beats are cheap; frequent ones tell the living apart
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self.previous_state: str | None = None      # of this node's row before register()
 
     def register(self) -> None:
         """Claim the node name; NodeNameTaken if a live daemon holds it."""
@@ -58,6 +59,7 @@ class NodeKeeper:
                 self.name_lock.release()
                 raise taken
         old = self.db.nodes.register_node(self.node, socket.gethostname(), os.getpid())
+        self.previous_state = None if old is None else old["state"]     # "stopped": a clean stop
         if old and old["state"] == "alive":
             self.log.info("node %s: taking over from an earlier run (pid %s) that did not stop cleanly",
                           self.node, old["pid"])

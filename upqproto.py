@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from inifile import duration
 from upqerrors import BadRequest
 from upqschema import iso
 from upqstates import SHOWN, State, shown
@@ -44,12 +45,18 @@ COMMANDS: tuple[Command, ...] = (
     Command("wait", "wait <jobid> [timeout:<seconds>]", "block until the job has ended"),
     Command("list", "list [state] [limit:<n>]", "newest jobs first (list_queue is the old name)"),
     Command("list_queue", "list_queue [state] [limit:<n>]", "the old name of list", listed=False),
-    Command("cancel", "cancel <jobid>", "a queued job never runs; a running one is told to stop"),
-    Command("retry", "retry <jobid>", "queue a failed or cancelled job again"),
+    Command("cancel", "cancel <jobid>", "a queued job never runs; a running one is told to stop; "
+            "cancel type:<jobname> cancels every queued job of the type"),
+    Command("retry", "retry <jobid>", "queue a failed or cancelled job again; "
+            "retry type:<jobname> re-queues every failed job of the type"),
     Command("stats", "stats", "counts per job type and state"),
     Command("help", "help", "this text"),
     Command("reload", "reload", "re-read the [job] sections and reopen the log (like SIGHUP)"),
     Command("schedules", "schedules", "periodic job types: schedule, zone, next and last due time"),
+    Command("pause", "pause <jobname>", "no daemon starts jobs of the type; submissions are still taken"),
+    Command("resume", "resume <jobname>", "end a pause"),
+    Command("purge", "purge <done|failed|cancelled> older:<duration> [type:<jobname>]",
+            "delete ended jobs now; durations take s, m, h, d"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)
@@ -242,6 +249,48 @@ def list_args(req: Request) -> tuple[State | None, int]:
         else:
             raise BadRequest(f"usage: list [{'|'.join(SHOWN)}] [limit:<1..{LIST_MAX}>]")
     return state, limit
+
+
+def type_arg(req: Request) -> str | None:
+    """The jobname of `<command> type:<jobname>` (a bulk action), or None for other arguments."""
+    if not req.args or req.args[0][0] != "type":
+        return None
+    if len(req.args) != 1 or not req.args[0][1]:
+        raise BadRequest(f"usage: {USAGE[req.command]}")
+    check_job_name(req.args[0][1])
+    return req.args[0][1]
+
+
+def jobname_arg(req: Request) -> str:
+    """`pause <jobname>`, `resume <jobname>`: one bare job type name."""
+    if len(req.args) != 1 or req.args[0][1] is not None:
+        raise BadRequest(f"usage: {USAGE[req.command]}")
+    check_job_name(req.args[0][0])
+    return req.args[0][0]
+
+
+def purge_args(req: Request) -> tuple[State, float, str | None]:
+    """`purge <final state> older:<duration> [type:<jobname>]`"""
+    usage = BadRequest(f"usage: {USAGE['purge']}")
+    state, older, jobname = None, None, None
+    for key, value in req.args:
+        if value is None and state is None:
+            if key not in (State.DONE, State.FAILED, State.CANCELLED):
+                raise BadRequest(f"purge: {key!r:.40} is not a final state (done, failed or cancelled)")
+            state = State(key)
+        elif key == "older" and value is not None and older is None:
+            try:
+                older = duration(value)
+            except ValueError:
+                raise BadRequest(f"older must be a duration like 90s, 15m, 1h or 7d, got {value!r:.40}") from None
+        elif key == "type" and value and jobname is None:
+            check_job_name(value)
+            jobname = value
+        else:
+            raise usage
+    if state is None or older is None:
+        raise usage
+    return state, older, jobname
 
 
 def no_args(req: Request) -> None:

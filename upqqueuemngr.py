@@ -123,6 +123,7 @@ class QueueManager:
         self._stopping = threading.Event()
         self._alone = False             # no other daemon on the database; the heartbeat thread's
         self._host: JobHost | None = None
+        self.is_paused: Callable[[str], bool] = lambda name: False   # upq.py: Pauses.is_paused
 
     # -- life cycle --------------------------------------------------------
     def start(self, host: JobHost) -> None:
@@ -136,6 +137,8 @@ class QueueManager:
         queue = DBQueue(self.db, cfg.name, self.node, self.log, poll_interval=srv.poll_interval,
                         slots=wanted_slots(cfg), lease_validity=srv.node_timeout / 2)
         queue.set_leasing(self._alone)
+        if self.is_paused(cfg.name):
+            queue.set_paused(True)
         slots = Slots(wanted_slots(cfg))
         jt = JobType(cfg, cls, queue, self._executor_for(cfg, queue, slots),
                      self.log.getChild(f"job.{cfg.name}"), slots)   # getChild takes logging's lock: once
@@ -195,6 +198,12 @@ class QueueManager:
         """Jobs were re-queued behind our back (a dead node's): let every type look."""
         for jt in self.types.values():
             jt.queue.wake()
+
+    def set_paused(self, jobname: str, paused: bool) -> None:
+        """A pause or resume read from the database (upqpause.Pauses' on_change)."""
+        jt = self.types.get(jobname)
+        if jt is not None:
+            jt.queue.set_paused(paused)
 
     def wake(self, jobname: str) -> None:
         jt = self.types.get(jobname)

@@ -42,6 +42,8 @@ jobs = Table(
     Column("node", String(255), nullable=True),
     Column("parent", BigInteger, nullable=True),
     Column("cancel_requested", Integer, nullable=False, default=0),
+    # runs whose start was recorded and that were cut off by a crash (upqcrashloop.py)
+    Column("interrupted", Integer, nullable=False, default=0, server_default="0"),
     Column("due", _Time, nullable=True),       # the schedule's due time of a periodic run
     # unique jobs: the digest of the `unique` params; unique_key holds it only while the job is
     # new or running (NULLed in the same statement that ends it), so the unique index below
@@ -63,6 +65,17 @@ jobs = Table(
     Index("ix_upq_jobs_state", "state", "jobid"),
     Index("ix_upq_jobs_parent", "parent"),
     Index("ux_upq_jobs_unique", "jobname", "unique_key", unique=True),
+    # retention and purge: a type's ended jobs of one state, oldest end first (upqretention.py)
+    Index("ix_upq_jobs_ended", "jobname", "state", "finished"),
+)
+
+# One row per job type any daemon has enabled: whether it is paused (upqpause.py), the lock
+# capped submissions take (max_queued), and the types retention visits.
+types = Table(
+    "upq_types", metadata,
+    Column("jobname", String(64), primary_key=True),
+    Column("paused", Integer, nullable=False, default=0, server_default="0"),
+    Column("changed", _Time, nullable=True),
 )
 
 nodes = Table(

@@ -17,6 +17,7 @@ from groupcommit import Mapped, Pending
 from upqdb import Database
 from upqerrors import JobRejected
 from upqjob import UpqJob
+from upqpause import QueueFull
 from upqqueuemngr import JobType, QueueManager
 from upqschema import JobRow, utcnow
 from upqstates import State
@@ -126,7 +127,7 @@ class Submitter:
     def _store(self, jt: JobType, job: UpqJob, *, parent: int | None = None,
                delay: float | None = None, priority: int | None = None) -> Submitted:
         priority = jt.config.priority if priority is None else priority
-        if jt.inline and not delay:
+        if jt.inline and not delay and not self.manager.is_paused(jt.name):   # paused: queued
             return Pending.resolved(self._run_inline(jt, job, parent))
         digest = unique_digest(jt.config.unique, job.jobdata)
         if digest is not None:
@@ -135,9 +136,14 @@ class Submitter:
             self.db.accept_held(job.jobid, job.jobdata, State.NEW, self.manager.node, delay, priority)
             jt.queue.wake_at(time.monotonic() + (delay or 0))
             return Pending.resolved(Accepted(job.jobid, job.msg))
-        msg = job.msg
-        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay, priority=priority),
-                      lambda jobid: Accepted(jobid, msg))
+        msg, cap = job.msg, jt.config.max_queued
+
+        def accepted(jobid: int) -> Accepted:
+            if not jobid:       # max_queued: nothing was stored
+                raise QueueFull(f"queue full: {cap} {jt.name} jobs queued")
+            return Accepted(jobid, msg)
+        return Mapped(jt.queue.put_async(dict(job.jobdata), parent=parent, delay=delay, priority=priority, cap=cap),
+                      accepted)
 
     def _store_unique(self, jt: JobType, job: UpqJob, digest: str, parent: int | None,
                       delay: float | None, priority: int) -> Submitted:
