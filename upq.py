@@ -165,6 +165,7 @@ def start(d: Daemon) -> Running:
         log.warning("re-queued %d job(s) that this node left running", recovered)
     notifier.start()
     manager.start(host=submitter)
+    db.nodes.set_jobs(node, manager.concurrent())
     keeper.start()
     return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
 
@@ -199,6 +200,10 @@ class Reloader:
             for what in _needs_restart(d.config, config):
                 d.log.warning("reload: %s changed; that takes effect at the next restart", what)
             changes = self.manager.reconfigure(config, classes)
+            try:
+                self.manager.db.nodes.set_jobs(self.manager.node, self.manager.concurrent())
+            except DatabaseUnavailable as exc:
+                d.log.warning("reload: could not record this node's job types for `why`: %s", exc)
             d.classes = classes
             d.config = config
             d.log.info("reloaded %s: %s", config.path, "; ".join(changes) or "no job changes")

@@ -31,7 +31,7 @@ class Dispatcher:
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "status": self.status, "wait": self.wait, "list": self.list,
             "list_queue": self.list, "stats": self.stats, "help": self.help, "cancel": self.cancel,
-            "retry": self.retry, "reload": self.reload_config,
+            "retry": self.retry, "reload": self.reload_config, "why": self.why,
         }
         # every command of the table is served here, but `auth`, which only the TCP edge knows
         assert set(self.handlers) == proto.COMMAND_NAMES - {"auth"}, "upqproto.COMMANDS and the handlers differ"
@@ -76,6 +76,11 @@ class Dispatcher:
 
     def stats(self, req: Request, gone: Gone) -> str:
         return proto.ack_json(self.control.stats())
+
+    def why(self, req: Request, gone: Gone) -> str:
+        from upqwhy import why
+        return proto.ack_json(why(proto.jobid_arg(req), self.manager, self.control.db,
+                                  self.manager.config.server.node_timeout))
 
     def reload_config(self, req: Request, gone: Gone) -> str:
         proto.no_args(req)

@@ -59,6 +59,10 @@ class Database:
         return self.clock.now(conn, exact)
 
     # -- reads -------------------------------------------------------------
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """fn(conn) on a pooled read connection; DatabaseUnavailable when the database fails."""
+        return self._read(fn)
+
     def _read(self, fn: Callable[[Connection], T]) -> T:
         for attempt in (1, 2):
             try:
@@ -301,6 +305,11 @@ class NodeStore:
                     out.append((name, _requeue_node_jobs(conn, name)))
             return out
         return self.write(op)
+
+    def set_jobs(self, node: str, concurrent: dict[str, int]) -> None:
+        """Record the job types this node runs and their workers, so `why` on any daemon can tell."""
+        self.write(lambda conn: conn.execute(update(nodes).where(nodes.c.node == node)
+                                             .values(jobs=json.dumps(concurrent, sort_keys=True))))
 
     def requeue_orphans(self, node: str) -> int:
         """Jobs this node left running (crash, kill -9) go back to new, and its leases too."""

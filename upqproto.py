@@ -49,6 +49,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stats", "stats", "counts per job type and state"),
     Command("help", "help", "this text"),
     Command("reload", "reload", "re-read the [job] sections and reopen the log (like SIGHUP)"),
+    Command("why", "why <jobid>", "why the job is not running yet, or where it runs: a reason and a sentence"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)

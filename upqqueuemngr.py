@@ -180,6 +180,10 @@ class QueueManager:
         self.types = types
         return changes
 
+    def concurrent(self) -> dict[str, int]:
+        """{job type: concurrent} of the types enabled here (stored for `why` on other daemons)."""
+        return {name: jt.config.concurrent for name, jt in self.types.items()}
+
     def set_peers(self, peers: int) -> None:
         """The heartbeat counted the other live daemons: lease ahead only while there are none."""
         alone = peers == 0
