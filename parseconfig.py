@@ -84,6 +84,13 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """[http]: the dashboard, /metrics and /healthz; off while listen is empty."""
+    listen: str = ""                # host:port or ""
+    token: str = ""                 # required when listen is set
+
+
+@dataclass(frozen=True)
 class MailConfig:
     host: str = "localhost"
     port: int = 25
@@ -123,6 +130,7 @@ class Config:
     mail: MailConfig | None         # None when the section is absent
     notify: NotifyConfig
     jobs: Mapping[str, JobConfig]   # every [job x] section, enabled or not
+    http: HttpConfig = HttpConfig()
 
     def enabled_jobs(self) -> dict[str, JobConfig]:
         """The job types upq loads and serves."""
@@ -151,7 +159,8 @@ _SERVER_KEYS = {
 }
 _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeout"}
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
-_SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify"}
+_HTTP_KEYS = {"listen", "token"}
+_SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify", "http"}
 _SQLITE_RELATIVE_RE = re.compile(r"^(sqlite(?:\+\w+)?:///)(\./.*)$")
 T = TypeVar("T")
 
@@ -177,6 +186,7 @@ class _Loader:
         server = self.server_section(section("server"))
         mail = self.mail_section(section("mail")) if "mail" in sections else None
         notify = self.notify_section(section("notify"))
+        http = self.http_section(section("http"))
         jobs: dict[str, JobConfig] = {}
         for name, values in sections.items():
             if name == "job" or name.startswith("job "):
@@ -188,7 +198,7 @@ class _Loader:
             elif name not in _SIMPLE_SECTIONS:
                 self.problems.append(f"{self.label}: [{name}]: unknown section")
         return Config(path=os.path.abspath(self.label), logging=logging_config, paths=paths,
-                      db=db, server=server, mail=mail, notify=notify, jobs=jobs)
+                      db=db, server=server, mail=mail, notify=notify, jobs=jobs, http=http)
 
     def resolve(self, value: str) -> str:
         """'./x' means next to the config file, whatever the working folder is."""
@@ -222,6 +232,14 @@ class _Loader:
             # SQLAlchemy would resolve it against the working folder instead.
             url = m.group(1) + self.resolve(m.group(2))
         return DbConfig(url=url, durability=s.choice("durability", DbConfig.durability, DURABILITIES))
+
+    def http_section(self, s: _Section) -> HttpConfig:
+        s.reject_unknown(_HTTP_KEYS)
+        listen = s.parsed("listen", "", host_port, "expected host:port with a port 1..65535")
+        token = s.text("token", "")
+        if listen and not token:
+            s.problem("token", "token is required when listen is set")
+        return HttpConfig(listen=listen, token=token)
 
     def server_section(self, s: _Section) -> ServerConfig:
         s.reject_unknown(_SERVER_KEYS)

@@ -71,6 +71,7 @@ class Daemon:
     listeners: list[socket.socket] = field(default_factory=list)
     db: "Database | None" = None
     pidfile: str | None = None      # --daemon: removed by _exit_now too (atexit does not run)
+    http_listener: "socket.socket | None" = None     # [http] listen, bound before detaching
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Running:
     keeper: "NodeKeeper"
     servers: "list[UpqServer]"
     reloader: "Reloader"
+    http: "HttpServer | None" = None
 
 
 def prepare(d: Daemon) -> None:
@@ -125,6 +127,12 @@ def prepare(d: Daemon) -> None:
             d.listeners.append(bind_tcp(srv.listen))
         except OSError as exc:
             raise StartupError(f"cannot listen on [server] listen = {srv.listen}: {exc.strerror or exc}") from exc
+    if config.http.listen:
+        try:
+            d.http_listener = bind_tcp(config.http.listen)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on [http] listen = {config.http.listen}: "
+                               f"{exc.strerror or exc}") from exc
 
 
 def start(d: Daemon) -> Running:
@@ -149,12 +157,19 @@ def start(d: Daemon) -> Running:
     notifier = Notifier(config.mail, config.notify, log, socket.gethostname())
     completions = Completions()
     manager = QueueManager(config, db, d.classes, log, node, hooks=[completions.on_ended, notifier.on_ended])
+    metrics = None
+    if d.http_listener is not None:
+        from upqmetrics import Metrics
+        metrics = Metrics(manager, db)
+        manager.add_hook(metrics.on_ended)
     control = Control(manager, db, completions, srv.poll_interval)
     submitter = Submitter(manager, db, control.wait)
     reloader = Reloader(d, manager)
-    dispatcher = Dispatcher(submitter, control, manager, reloader.reload)
+    dispatcher = Dispatcher(submitter, control, manager, reloader.reload,
+                            on_submit=metrics.submitted if metrics else lambda: None)
     servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
-                         logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
+                         logger=log, token="" if sock.family == socket.AF_UNIX else srv.token,
+                         on_answers=metrics.answered if metrics else lambda lines: None)
                for sock in d.listeners]
     name_lock = NodeNameLock(config.db.url, db.read_engine)
     keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
@@ -167,7 +182,14 @@ def start(d: Daemon) -> Running:
     manager.start(host=submitter)
     db.nodes.set_jobs(node, manager.concurrent())
     keeper.start()
-    return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
+    http = None
+    if d.http_listener is not None and metrics is not None:
+        from upqdashboard import add_dashboard
+        from upqhttp import HttpApp, HttpServer
+        app = HttpApp(config.http.token, manager, db, metrics, log)
+        add_dashboard(app, control)
+        http = HttpServer(d.http_listener, app)
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, http)
 
 
 class Reloader:
@@ -238,6 +260,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     for server in r.servers:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                          name=f"server-{server.socket.family.name}", daemon=True).start()
+    if r.http is not None:
+        r.http.start()
     d.log.info("upq %s serving on %s, jobs: %s", VERSION,
                " and ".join([d.config.paths.socket] + ([d.config.server.listen] if d.config.server.listen else [])),
                ", ".join(sorted(r.manager.types)) or "none")
@@ -262,6 +286,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     for server in r.servers:
         server.shutdown()
         server.server_close()
+    if r.http is not None:
+        r.http.stop()
     unlink(d.config.paths.socket)
     all_ended = r.manager.stop(d.config.server.shutdown_grace)
     r.notifier.stop()       # sends what is pending for a few seconds, logs the rest as lost
@@ -315,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(d)
         if args.daemon:
-            d.pidfile = detach(d.listeners, log, args.pidfile)
+            d.pidfile = detach(d.listeners + ([d.http_listener] if d.http_listener else []), log, args.pidfile)
     except StartupError as exc:
         for sock in d.listeners:
             sock.close()

@@ -23,11 +23,12 @@ class Dispatcher:
     """Request line -> answer; one per daemon, shared by every connection."""
 
     def __init__(self, submitter: Submitter, control: Control, manager: QueueManager,
-                 reload: Callable[[], list[str]]):
+                 reload: Callable[[], list[str]], on_submit: Callable[[], None] = lambda: None):
         self.submitter = submitter
         self.control = control
         self.manager = manager
         self.reload = reload
+        self.on_submit = on_submit          # counts submissions (for /metrics)
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "status": self.status, "wait": self.wait, "list": self.list,
             "list_queue": self.list, "stats": self.stats, "help": self.help, "cancel": self.cancel,
@@ -46,6 +47,7 @@ class Dispatcher:
             raise BadRequest(f"{req.command}: not available on this connection")
         proto.check_job_name(req.command)
         options, args = proto.split_options(req.args)
+        self.on_submit()
         return self.submitter.submit(req.command, Request(req.command, args).params(),
                                      delay=proto.parse_delay(options))
 

@@ -72,6 +72,7 @@ class Database:
                 if exc.connection_invalidated and attempt == 1:
                     continue        # a pooled connection the server dropped: once more, afresh
                 self.log.warning("database read failed: %s", exc)
+                self.writer.health.failed()
                 raise DatabaseUnavailable(describe(exc)) from exc
             except SQLAlchemyError as exc:
                 self.log.warning("database read failed: %s", exc)

@@ -125,6 +125,11 @@ class QueueManager:
         self._host: JobHost | None = None
 
     # -- life cycle --------------------------------------------------------
+    def add_hook(self, hook: Hook) -> None:
+        """One more after-outcome hook (e.g. /metrics' counters); before start() only."""
+        assert not self.types, "hooks are fixed once the workers run"
+        self._hooks = (*self._hooks, hook)
+
     def start(self, host: JobHost) -> None:
         """Create each type's queue and start its workers; jobs they run submit through `host`."""
         self._host = host
