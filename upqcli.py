@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "exit 0 only if it ended done")
     parser.add_argument("--json", action="store_true",
                         help="print only the JSON after ACK/ERR, indented")
+    parser.add_argument("--raw", action="store_true", help="print the protocol line even on a terminal")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="give up waiting for an answer after SECONDS (with --wait: "
                              "how long the job may take); default: wait as long as it takes")
@@ -119,11 +120,16 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
         check_request(line)
     conn = connect(opts, environ)
     try:
+        if opts.command == "top" and not opts.args:
+            return __import__("upqtop").top(conn.ask, CliError)
         if pipelined:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
-        return print_answer(conn.ask(line), opts.json)
+        answer = conn.ask(line)
+        if not (opts.json or opts.raw) and sys.stdout.isatty() and __import__("upqtables").printed(opts.command, answer):
+            return EXIT_ACK
+        return print_answer(answer, opts.json)
     finally:
         conn.close()
 
