@@ -22,6 +22,7 @@ from typing import Callable, Mapping, TypeVar
 from inifile import BadValue, host_port, octal_mode, port_number, read_ini, syslog_address
 from module_loader import job_name_problem
 from upqerrors import ConfigError
+from upqhttpconfig import HttpConfig, http_section
 
 __all__ = ["ConfigError", "Config", "JobConfig", "load_config"]
 
@@ -81,13 +82,6 @@ class ServerConfig:
     node_name: str = ""             # "" = host name and socket path
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     poll_interval: float = DEFAULT_POLL_INTERVAL
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """[http]: the dashboard, /metrics and /healthz; off while listen is empty."""
-    listen: str = ""                # host:port or ""
-    token: str = ""                 # required when listen is set
 
 
 @dataclass(frozen=True)
@@ -159,7 +153,6 @@ _SERVER_KEYS = {
 }
 _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeout"}
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
-_HTTP_KEYS = {"listen", "token"}
 _SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify", "http"}
 _SQLITE_RELATIVE_RE = re.compile(r"^(sqlite(?:\+\w+)?:///)(\./.*)$")
 T = TypeVar("T")
@@ -186,7 +179,7 @@ class _Loader:
         server = self.server_section(section("server"))
         mail = self.mail_section(section("mail")) if "mail" in sections else None
         notify = self.notify_section(section("notify"))
-        http = self.http_section(section("http"))
+        http = http_section(section("http"))
         jobs: dict[str, JobConfig] = {}
         for name, values in sections.items():
             if name == "job" or name.startswith("job "):
@@ -232,14 +225,6 @@ class _Loader:
             # SQLAlchemy would resolve it against the working folder instead.
             url = m.group(1) + self.resolve(m.group(2))
         return DbConfig(url=url, durability=s.choice("durability", DbConfig.durability, DURABILITIES))
-
-    def http_section(self, s: _Section) -> HttpConfig:
-        s.reject_unknown(_HTTP_KEYS)
-        listen = s.parsed("listen", "", host_port, "expected host:port with a port 1..65535")
-        token = s.text("token", "")
-        if listen and not token:
-            s.problem("token", "token is required when listen is set")
-        return HttpConfig(listen=listen, token=token)
 
     def server_section(self, s: _Section) -> ServerConfig:
         s.reject_unknown(_SERVER_KEYS)

@@ -126,10 +126,7 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
-        answer = conn.ask(line)
-        if not (opts.json or opts.raw) and sys.stdout.isatty() and __import__("upqtables").printed(opts.command, answer):
-            return EXIT_ACK
-        return print_answer(answer, opts.json)
+        return print_answer(conn.ask(line), opts.json, None if opts.raw else opts.command)
     finally:
         conn.close()
 
@@ -374,8 +371,10 @@ def feed_lines(conn: Connection, lines: Iterable[bytes], sent: "queue.Queue[bool
 
 # --- printing ------------------------------------------------------------------
 
-def print_answer(answer: str, as_json: bool) -> int:
-    """Print one answer (or its JSON, indented) and return the exit status it implies."""
+def print_answer(answer: str, as_json: bool, table: str | None = None) -> int:
+    """Print one answer (its JSON indented; on a terminal, `table`'s table) and return the exit status."""
+    if table and not as_json and sys.stdout.isatty() and __import__("upqtables").printed(table, answer):
+        return EXIT_ACK
     print(json_payload(answer) if as_json else answer, flush=True)
     return EXIT_ACK if is_ack(answer) else EXIT_ERR
 

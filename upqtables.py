@@ -11,7 +11,11 @@ import datetime as dt
 import json
 from typing import Any, Callable
 
-TABLE_COMMANDS = frozenset({"list", "list_queue", "stats", "status", "help", "why"})
+from upqstates import State
+
+# the columns of `stats`, as it names them (a queued job's state is shown as "new")
+STATS_COLUMNS = ["queued", *[str(s) for s in (State.RUNNING, State.DONE, State.FAILED, State.CANCELLED)]]
+FAILED = str(State.FAILED)
 
 
 def ago(iso: str | None, now: dt.datetime | None = None) -> str:
@@ -57,20 +61,20 @@ def one_line(value: Any) -> str:
 
 
 def _list(jobs: list[dict[str, Any]], width: int) -> str:
-    rows = [[("! " if j["state"] == "failed" else "  ") + str(j["jobid"]), j["jobname"], j["state"],
+    rows = [[("! " if j["state"] == FAILED else "  ") + str(j["jobid"]), j["jobname"], j["state"],
              ago(j.get("created")), j.get("node") or "", j.get("msg") or ""] for j in jobs]
     return table(["  JOBID", "TYPE", "STATE", "CREATED", "NODE", "MSG"], rows, width) + f"\n{len(jobs)} job(s)"
 
 
 def _stats(payload: dict[str, Any], width: int) -> str:
-    states = ["queued", "running", "done", "failed", "cancelled"]
-    rows = [[("! " if c.get("failed") else "  ") + name, *[c.get(s, 0) for s in states], c.get("workers", 0)]
+    states = STATS_COLUMNS
+    rows = [[("! " if c.get(FAILED) else "  ") + name, *[c.get(s, 0) for s in states], c.get("workers", 0)]
             for name, c in payload.get("jobs", {}).items()]
     out = table(["  TYPE", *[s.upper() for s in states], "WORKERS"], rows, width, stretch=0)
     nodes = payload.get("nodes", [])
     if nodes:
         out += "\n\n" + table(["NODE", "STATE", "HEARTBEAT", "RUNNING"],
-                              [[n["node"], n["state"], ago(n.get("heartbeat")), n.get("running", 0)]
+                              [[n["node"], n["state"], ago(n.get("heartbeat")), n.get(str(State.RUNNING), 0)]
                                for n in nodes], width, stretch=0)
     return out
 
@@ -78,7 +82,7 @@ def _stats(payload: dict[str, Any], width: int) -> str:
 def _status(job: dict[str, Any], width: int) -> str:
     def when(key: str) -> str:
         return f"{job.get(key)}  ({ago(job.get(key))})" if job.get(key) else ""
-    mark = "  <- FAILED" if job.get("state") == "failed" else ""
+    mark = "  <- FAILED" if job.get("state") == FAILED else ""
     pairs = [("jobid", job.get("jobid")), ("type", job.get("jobname")), ("state", f"{job.get('state')}{mark}"),
              ("msg", job.get("msg")), ("attempts", job.get("attempts")), ("created", when("created")),
              ("due", when("run_after")), ("started", when("started")), ("finished", when("finished")),

@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from upqtables import ago, table
+from upqstates import State
+from upqtables import STATS_COLUMNS, ago, table
 
 REFRESH = 1.0
 
@@ -25,26 +26,26 @@ def _payload(answer: str) -> Any:
 
 def snapshot(ask: Callable[[str], str]) -> dict[str, Any]:
     """One look: stats, the running jobs and the latest failures."""
-    return {"stats": _payload(ask("stats")), "running": _payload(ask("list running limit:50")),
-            "failed": _payload(ask("list failed limit:10"))}
+    return {"stats": _payload(ask("stats")), "runs": _payload(ask(f"list {State.RUNNING} limit:50")),
+            "failures": _payload(ask(f"list {State.FAILED} limit:10"))}
 
 
 def lines(snap: dict[str, Any], width: int, height: int) -> list[str]:
     """The screen's text, cut to the terminal."""
     stats = snap["stats"]
-    states = ["queued", "running", "done", "failed", "cancelled"]
+    states = STATS_COLUMNS
     out = [f"upq top  {time.strftime('%H:%M:%S')}  (q quits)", ""]
     out += table(["TYPE", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "WORKERS"],
                  [[name, *[c.get(s, 0) for s in states], c.get("workers", 0)]
                   for name, c in stats.get("jobs", {}).items()], width, stretch=0).splitlines()
-    out += ["", f"RUNNING ({len(snap['running'])})"]
+    out += ["", f"RUNNING ({len(snap['runs'])})"]
     out += table(["JOBID", "TYPE", "STARTED", "NODE", "MSG"],
                  [[j["jobid"], j["jobname"], ago(j.get("started")), j.get("node") or "", j.get("msg") or ""]
-                  for j in snap["running"]], width).splitlines()
+                  for j in snap["runs"]], width).splitlines()
     out += ["", "LATEST FAILURES"]
     out += table(["JOBID", "TYPE", "FINISHED", "MSG"],
                  [[j["jobid"], j["jobname"], ago(j.get("finished")), j.get("msg") or ""]
-                  for j in snap["failed"]], width).splitlines()
+                  for j in snap["failures"]], width).splitlines()
     return [line[:width - 1] for line in out[:height]]
 
 

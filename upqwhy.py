@@ -80,14 +80,14 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
                       node=row.node, finished=iso(row.finished))
     if row.state == State.RUNNING:
         age = (now - row.started).total_seconds() if row.started else 0.0
-        return answer("running", f"job {jobid} is running on {row.node} since {iso(row.started)} "
+        return answer(str(State.RUNNING), f"job {jobid} is running on {row.node} since {iso(row.started)} "
                       f"({_ago(age)}), attempt {row.attempts}", node=row.node, started=iso(row.started),
                       seconds=round(age, 1))
     if row.state == State.LEASED:
-        return answer("leased", f"job {jobid} is leased by daemon {row.node}, which will start it "
+        return answer(str(State.LEASED), f"job {jobid} is leased by daemon {row.node}, which will start it "
                       f"as soon as one of its workers is free", node=row.node)
     if row.state == State.HELD:
-        return answer("held", f"job {jobid} is being submitted by a running job's check() on "
+        return answer(str(State.HELD), f"job {jobid} is being submitted by a running job's check() on "
                       f"{row.node} and is not accepted yet", node=row.node)
     jt = manager.types.get(row.jobname)
     if row.run_after is not None and row.run_after > now:
