@@ -373,7 +373,7 @@ def feed_lines(conn: Connection, lines: Iterable[bytes], sent: "queue.Queue[bool
 
 def print_answer(answer: str, as_json: bool, table: str | None = None) -> int:
     """Print one answer (its JSON indented; on a terminal, `table`'s table) and return the exit status."""
-    if table and not as_json and sys.stdout.isatty() and __import__("upqtables").printed(table, answer):
+    if table and not as_json and __import__("upqtables").printed(table, answer, sys.stdout.isatty()):
         return EXIT_ACK
     print(json_payload(answer) if as_json else answer, flush=True)
     return EXIT_ACK if is_ack(answer) else EXIT_ERR

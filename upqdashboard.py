@@ -158,7 +158,7 @@ class Dashboard:
         action, raw, jobname = req.query.get("action", ""), req.query.get("id", ""), req.query.get("type", "")
         if action in ("retry", "cancel") and raw.isdigit():
             return self.page("confirm.html", req, question=f"{action.capitalize()} job {raw}?", action=action,
-                             verb=action, jobid=raw, type="", back=f"/job?id={raw}")
+                             verb=action, jobid=raw, type="", back=f"/jobs/{raw}")
         if action == "retry_all" and jobname:
             return self.page("confirm.html", req, question=f"Retry every failed job of type {jobname} "
                              f"(at most {RETRY_ALL_MAX} at a time)?", action=action, verb="retry them all",
@@ -171,18 +171,18 @@ class Dashboard:
             if action == "retry" and raw.isdigit():
                 row = self.control.retry(int(raw))
                 return self.page("done.html", req, message=f"job {row.jobid} is queued again ({shown(row.state)})",
-                                 back=f"/job?id={row.jobid}")
+                                 back=f"/jobs/{row.jobid}")
             if action == "cancel" and raw.isdigit():
                 row = self.control.cancel(int(raw))
                 return self.page("done.html", req, message=f"job {row.jobid}: cancel asked; it is now "
-                                 f"{shown(row.state)}", back=f"/job?id={row.jobid}")
+                                 f"{shown(row.state)}", back=f"/jobs/{row.jobid}")
             if action == "retry_all" and jobname:
                 n = self._retry_all(jobname)
                 return self.page("done.html", req, message=f"{n} failed job(s) of type {jobname} queued again",
                                  back="/")
         except UpqError as exc:
             return self.page("done.html", req, 409, message=exc.reason, error=True,
-                             back=f"/job?id={raw}" if raw.isdigit() else "/")
+                             back=f"/jobs/{raw}" if raw.isdigit() else "/")
         return self.page("done.html", req, 400, message="unknown action", error=True, back="/")
 
     def _retry_all(self, jobname: str) -> int:
@@ -202,7 +202,7 @@ class Dashboard:
 def add_dashboard(app: HttpApp, control: "Control") -> Dashboard:
     """Register the dashboard's pages, its login form and its static files on `app`."""
     d = Dashboard(app, control)
-    app.pages.update({("GET", "/"): d.overview, ("GET", "/jobs"): d.jobs, ("GET", "/job"): d.job,
+    app.pages.update({("GET", "/"): d.overview, ("GET", "/jobs"): d.jobs, ("GET", "/jobs/"): d.job,
                       ("GET", "/confirm"): d.confirm, ("POST", "/action"): d.action})
     app.login_page = lambda error: d.page("login.html", None, 401 if error else 200, error=error)
     app.public.update({"/static/upq.css": Reply(200, CSS.encode(), "text/css; charset=utf-8"),

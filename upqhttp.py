@@ -1,8 +1,8 @@
 """The daemon's HTTP side ([http] listen): /healthz, /metrics and the dashboard, served by an
 http.server ThreadingHTTPServer in the daemon's own threads (started and stopped by upq.py).
 
-Security: /metrics and /healthz take `Authorization: Bearer <token>` or a dashboard session;
-the dashboard takes a session only. A session comes from the login form (POST /login with the
+Security: every path but /login needs a dashboard session or `Authorization: Bearer <token>`
+(GET only: actions need a session). A session comes from the login form (POST /login with the
 token) as an HttpOnly, SameSite=Strict cookie; every POST needs the session's CSRF token and,
 when the browser sends one, an Origin matching the Host. Sessions live in memory (under a lock)
 and die with the daemon or after SESSION_SECONDS.
@@ -115,7 +115,7 @@ class HttpApp:
         self.log = logger
         self.sessions = Sessions()
         self.pages: dict[tuple[str, str], Route] = {}       # (method, path) -> route, session needed
-        self.public: dict[str, Reply] = {}                  # GET path -> fixed reply (CSS, JS), no session
+        self.public: dict[str, Reply] = {}                  # GET path -> fixed reply (CSS, JS)
         self.login_page: Callable[[str], Reply] = lambda error: Reply(200, b"login")
 
     # -- the open routes -----------------------------------------------------
@@ -183,8 +183,6 @@ class Handler(BaseHTTPRequestHandler):
                 return app.healthz()
             from upqmetrics import CONTENT_TYPE
             return Reply(200, app.metrics.render(), CONTENT_TYPE)
-        if method == "GET" and url.path in app.public:
-            return app.public[url.path]
         form: dict[str, str] = {}
         if method == "POST":
             length = int(self.headers.get("Content-Length") or 0)
@@ -195,6 +193,15 @@ class Handler(BaseHTTPRequestHandler):
                 return Reply(403, b"forbidden: the Origin of this request is not this dashboard\n")
         if url.path == "/login":
             return self._login(app, method, form)
+        if method == "GET" and (session is not None or app.bearer_ok(self.headers.get("Authorization"))):
+            if url.path in app.public:
+                return app.public[url.path]
+            if url.path.startswith("/jobs/"):           # /jobs/<jobid>
+                query["id"] = url.path[len("/jobs/"):]
+                url = url._replace(path="/jobs/")
+            route = app.pages.get(("GET", url.path))
+            return route(Request(self, method, url.path, query, form, session, sid)) if route \
+                else Reply(404, b"not found\n")
         if session is None:
             if method == "GET":
                 return Reply(303, b"", headers=(("Location", "/login"),))

@@ -55,7 +55,7 @@ class UpqCollector(Collector):
     def collect(self) -> Iterator[Any]:
         types = self.manager.types
         counts = self.db.count_by_state()
-        by_state = GaugeMetricFamily("upq_jobs", "Jobs stored, by job type and state", labels=["type", "state"])
+        by_state = GaugeMetricFamily("upq_jobs", "Jobs stored, by job type and state", labels=["jobname", "state"])
         for name in sorted(set(counts) | set(types)):
             for state in SHOWN:
                 by_state.add_metric([name, str(state)], counts.get(name, {}).get(state, 0))
@@ -69,12 +69,12 @@ class UpqCollector(Collector):
                 out[name] = 0.0 if t is None else max(0.0, (now - t).total_seconds())
             return out
         oldest = GaugeMetricFamily("upq_oldest_due_seconds", "Age of the oldest due queued job, by type "
-                                   "(0 when none is due)", labels=["type"])
+                                   "(0 when none is due)", labels=["jobname"])
         for name, age in self.db.read(ages).items():
             oldest.add_metric([name], age)
         yield oldest
-        busy = GaugeMetricFamily("upq_workers_busy", "Workers of this daemon running a job, by type", labels=["type"])
-        total = GaugeMetricFamily("upq_workers", "Workers of this daemon (concurrent), by type", labels=["type"])
+        busy = GaugeMetricFamily("upq_workers_busy", "Workers of this daemon running a job, by type", labels=["jobname"])
+        total = GaugeMetricFamily("upq_workers", "Workers of this daemon (concurrent), by type", labels=["jobname"])
         for name, jt in sorted(types.items()):
             with jt.slots._cond:        # noqa: SLF001 - one consistent look at the counters
                 active = jt.slots.active
@@ -94,9 +94,9 @@ class Metrics:
 
     def __init__(self, manager: "QueueManager", db: "Database"):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.runs = Counter("upq_runs_finished", "Runs finished since start, by type and outcome",
-                            ["type", "outcome"], registry=self.registry)
-        self.durations = Histogram("upq_run_duration_seconds", "How long runs took, by type", ["type"],
+        self.runs = Counter("upq_job_runs", "Runs finished since start, by type and outcome",
+                            ["jobname", "outcome"], registry=self.registry)
+        self.durations = Histogram("upq_job_duration_seconds", "How long runs took, by type", ["jobname"],
                                    buckets=DURATION_BUCKETS, registry=self.registry)
         self.submissions = Counter("upq_submissions", "Jobs submitted over the sockets since start",
                                    registry=self.registry)

@@ -104,7 +104,7 @@ def _help(payload: dict[str, Any], width: int) -> str:
 
 RENDERERS: dict[str, Callable[[Any, int], str]] = {
     "list": _list, "list_queue": _list, "stats": _stats, "status": _status, "help": _help,
-    "why": lambda w, width: f"{w.get('reason')}: {w.get('text')}",
+    "why": lambda w, width: str(w["text"]),
 }
 
 
@@ -119,9 +119,12 @@ def render(command: str, answer: str, width: int = 80) -> str | None:
         return None
 
 
-def printed(command: str, answer: str) -> bool:
-    """Print the answer as a table sized to the terminal; False when it is not one we draw."""
+def printed(command: str, answer: str, tty: bool) -> bool:
+    """On a terminal, print the answer as a table sized to it; `why` prints its sentence into a
+    pipe too (SPEC). False when it is not one we draw: then the answer is printed as it is."""
     import shutil
+    if not tty and command != "why":
+        return False
     text = render(command, answer, shutil.get_terminal_size().columns)
     if text is not None:
         print(text, flush=True)

@@ -83,7 +83,7 @@ JOBS = """{% extends "base.html" %}{% block title %}Jobs{% endblock %}{% block m
 <button type="submit">Filter</button></form>
 <table><tr><th>jobid</th><th>type</th><th>state</th><th>created</th><th>node</th><th>msg</th></tr>
 {% for j in rows %}<tr class="{{ 'failed' if j.state == 'failed' else '' }}">
-<td><a href="/job?id={{ j.jobid }}">{{ j.jobid }}</a></td><td>{{ j.jobname }}</td>
+<td><a href="/jobs/{{ j.jobid }}">{{ j.jobid }}</a></td><td>{{ j.jobname }}</td>
 <td class="state-{{ j.state }}">{{ j.state }}</td><td>{{ j.created }}</td><td>{{ j.node or "" }}</td><td>{{ j.msg }}</td></tr>
 {% else %}<tr><td colspan="6">no jobs</td></tr>{% endfor %}</table>
 <p>{% if first_link %}<a href="{{ first_link }}">newest</a> {% endif %}{% if next_link %}<a href="{{ next_link }}">older &raquo;</a>{% endif %}</p>
@@ -100,8 +100,8 @@ JOB = """{% extends "base.html" %}{% block title %}Job {{ j.jobid }}{% endblock 
 <tr><th>created</th><td>{{ j.created }}</td></tr><tr><th>due</th><td>{{ j.run_after or "" }}</td></tr>
 <tr><th>started</th><td>{{ j.started or "" }}</td></tr><tr><th>finished</th><td>{{ j.finished or "" }}</td></tr>
 <tr><th>duration</th><td>{{ duration }}</td></tr><tr><th>node</th><td>{{ j.node or "" }}</td></tr>
-<tr><th>parent</th><td>{% if j.parent %}<a href="/job?id={{ j.parent }}">{{ j.parent }}</a>{% endif %}</td></tr>
-<tr><th>children</th><td>{% for c in children %}<a href="/job?id={{ c.jobid }}">{{ c.jobid }}</a> ({{ c.state }}) {% endfor %}</td></tr>
+<tr><th>parent</th><td>{% if j.parent %}<a href="/jobs/{{ j.parent }}">{{ j.parent }}</a>{% endif %}</td></tr>
+<tr><th>children</th><td>{% for c in children %}<a href="/jobs/{{ c.jobid }}">{{ c.jobid }}</a> ({{ c.state }}) {% endfor %}</td></tr>
 </table>
 <p>{% if can_retry %}<a class="button" id="retry" href="/confirm?action=retry&id={{ j.jobid }}">Retry</a>{% endif %}
 {% if can_cancel %}<a class="button" id="cancel" href="/confirm?action=cancel&id={{ j.jobid }}">Cancel</a>{% endif %}</p>

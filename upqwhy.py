@@ -4,8 +4,8 @@ and one sentence a person can act on.
 It reads the job, the database's clock, the nodes (with the job types each runs, stored by
 NodeStore.set_jobs) and the running jobs of the job's type, in one short read; what only this
 daemon knows (timed-out runs holding its type back) comes from the queue manager.
-Reason codes: delayed, retry_wait, no_daemon, held_back, workers_busy, due, leased, held,
-running, done, failed, cancelled.
+Reason codes (SPEC): not_due, retry_wait, not_enabled, held_back, workers_busy, leased, queued;
+running, done, failed, cancelled. (No `paused` yet: pausing does not exist.)
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from upqdb import Database
 from upqerrors import UnknownJob
 from upqqueuemngr import QueueManager
 from upqschema import JobRow, iso, jobs, nodes, row_from
-from upqstates import FINAL, State
+from upqstates import FINAL, State, shown
 
 MAX_SHOWN_RUNS = 20
 
@@ -67,7 +67,7 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
     """{jobid, state, reason, text, ...details}: the answer of `why`."""
     seen = _look(db, jobid)
     row, now = seen.row, seen.now
-    out: dict[str, Any] = {"jobid": row.jobid, "jobname": row.jobname}
+    out: dict[str, Any] = {"jobid": row.jobid, "jobname": row.jobname, "state": str(shown(row.state))}
 
     def answer(reason: str, text: str, **details: Any) -> dict[str, Any]:
         return {**out, "reason": reason, "text": text, **details}
@@ -87,7 +87,7 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
         return answer(str(State.LEASED), f"job {jobid} is leased by daemon {row.node}, which will start it "
                       f"as soon as one of its workers is free", node=row.node)
     if row.state == State.HELD:
-        return answer(str(State.HELD), f"job {jobid} is being submitted by a running job's check() on "
+        return answer("queued", f"job {jobid} is being submitted by a running job's check() on "
                       f"{row.node} and is not accepted yet", node=row.node)
     jt = manager.types.get(row.jobname)
     if row.run_after is not None and row.run_after > now:
@@ -99,7 +99,7 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
                           f"did not finish it; the next attempt is due at {due} (in {_ago(wait)})",
                           attempt=row.attempts, attempts=None if not tries else jt.config.retries + 1,
                           due=due, seconds=round(wait, 1))
-        return answer("delayed", f"job {jobid} is not due yet: it is due at {due} (in {_ago(wait)})",
+        return answer("not_due", f"job {jobid} is not due yet: it is due at {due} (in {_ago(wait)})",
                       due=due, seconds=round(wait, 1))
     live = [n for n in seen.nodes if n["state"] == "alive" and n["age"] < node_timeout]
     runners = [n for n in live if row.jobname in n["jobs"]]
@@ -111,7 +111,7 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
         live_text = "; ".join(f"{n['node']} runs {runs(n)}" for n in live) or "none"
         others = [n for n in seen.nodes if n not in live and row.jobname in n["jobs"]]
         off = "; ".join(f"{n['node']} ({n['state']}, last heartbeat {_ago(n['age'])} ago)" for n in others)
-        return answer("no_daemon", f"job type {row.jobname} is not enabled on any live daemon "
+        return answer("not_enabled", f"job type {row.jobname} is not enabled on any live daemon "
                       f"(live daemons: {live_text})" + (f"; it is enabled on {off}" if off else ""),
                       live=[{"node": n["node"], "jobs": sorted(n["jobs"])} for n in live],
                       enabled_on=[n["node"] for n in others])
@@ -132,7 +132,7 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
         shown_runs = seen.running[:MAX_SHOWN_RUNS]
         listing = ", ".join(f"{r['jobid']} on {r['node']} for {_ago(r['age'] or 0)}" for r in shown_runs)
         return answer("workers_busy", f"every worker of job type {row.jobname} is busy: {listing}",
-                      running=shown_runs, nodes=busy_nodes)
-    return answer("due", f"job {jobid} is due now; a free worker of {row.jobname} on "
+                      jobids=[r["jobid"] for r in shown_runs], running=shown_runs, nodes=busy_nodes)
+    return answer("queued", f"job {jobid} is due now; a free worker of {row.jobname} on "
                   f"{', '.join(sorted(n['node'] for n in runners))} should start it shortly "
                   f"(older due jobs of the type go first)", nodes=sorted(n["node"] for n in runners))

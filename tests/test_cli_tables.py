@@ -29,11 +29,13 @@ def test_pipes_print_exactly_the_protocol_answer(make_daemon) -> None:
     d = make_daemon(jobs=JOBS)
     jobid = d.submit("record")
     d.wait_job(jobid)
-    for command in (["list"], ["stats"], ["status", str(jobid)], ["help"], ["why", str(jobid)]):
+    for command in (["list"], ["stats"], ["status", str(jobid)], ["help"], ["--raw", "why", str(jobid)]):
         r = d.cli(*command)
         assert r.returncode == 0, r.stderr
-        assert r.stdout == d.ask(" ".join(command)) + "\n", command
-        assert d.cli("--json", *command).stdout.startswith(("{", "["))
+        assert r.stdout == d.ask(" ".join(command[-2:] if command[0] == "--raw" else command)) + "\n", command
+        assert d.cli("--json", *command[-2:]).stdout.startswith(("{", "["))
+    sentence = json.loads(d.ask(f"why {jobid}")[4:])["text"]
+    assert d.cli("why", str(jobid)).stdout == sentence + "\n"      # SPEC: it prints the sentence
 
 
 @SQLITE_ONLY
@@ -97,6 +99,6 @@ def test_why_prints_its_sentence_on_a_terminal(make_daemon, term: Tmux) -> None:
     d = make_daemon(jobs=JOBS)
     jobid = d.submit("record @delay:600")
     term.type(cli_line(d, "why", str(jobid)))
-    screen = wait_for(lambda: (lambda s: s if "delayed:" in s else None)(term.screen()), 15, "why to print")
+    screen = wait_for(lambda: (lambda s: s if "not due yet" in s else None)(term.screen()), 15, "why to print")
     assert f"job {jobid} is not due yet" in screen.replace("\n", " ") or "not due" in screen, screen
-    assert json.loads(d.ask(f"why {jobid}")[4:])["reason"] == "delayed"
+    assert json.loads(d.ask(f"why {jobid}")[4:])["reason"] == "not_due"

@@ -36,7 +36,7 @@ def test_log_in_see_a_failed_job_retry_it_and_see_it_done(make_daemon) -> None:
             page.screenshot(path=str(OUT / "dashboard-overview.png"), full_page=True)
 
             page.goto(base + "/jobs?state=failed")
-            page.click(f"a[href='/job?id={bad}']")
+            page.click(f"a[href='/jobs/{bad}']")
             sync_api.expect(page.locator("h1")).to_contain_text("failed")
             sync_api.expect(page.locator("#why")).to_contain_text("has ended failed")
             page.screenshot(path=str(OUT / "dashboard-job.png"), full_page=True)
@@ -54,7 +54,7 @@ def test_log_in_see_a_failed_job_retry_it_and_see_it_done(make_daemon) -> None:
                 body: 'action=retry&id=' + id})).status""", bad)
             assert status == 403
 
-            page.goto(f"{base}/job?id={evil}")
+            page.goto(f"{base}/jobs/{evil}")
             sync_api.expect(page.locator("main")).to_contain_text("<script>window.pwned=1</script>")
             assert page.evaluate("window.pwned") is None and not dialogs
         finally:

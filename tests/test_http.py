@@ -17,12 +17,22 @@ JOBS = {"record": {"concurrent": "2"}, "fail": {}}
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """(sample name, sorted labels) -> value, from the Prometheus text format."""
-    out = {}
+class Samples(dict):
+    """(sample name, labels as pairs in any order) -> value."""
+
+    def __getitem__(self, key: tuple[str, tuple]) -> float:
+        return super().__getitem__((key[0], frozenset(key[1])))
+
+    def get(self, key: tuple[str, tuple], default: float | None = None) -> float | None:
+        return super().get((key[0], frozenset(key[1])), default)
+
+
+def samples(text: str) -> Samples:
+    """The samples of a /metrics page, parsed with prometheus_client's parser."""
+    out = Samples()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            dict.__setitem__(out, (s.name, frozenset(s.labels.items())), s.value)
     return out
 
 
@@ -86,20 +96,20 @@ def test_metrics_count_the_jobs_the_test_ran(make_daemon) -> None:
 
     def scraped():
         s = samples(b.get("/metrics", headers=BEARER).body)
-        return s if s.get(("upq_runs_finished_total", (("outcome", "failed"), ("type", "fail"))), 0) >= 1 else None
+        return s if s.get(("upq_job_runs_total", (("outcome", "failed"), ("jobname", "fail"))), 0) >= 1 else None
     s = wait_for(scraped, 15, "the failed run to be counted")
-    assert s[("upq_jobs", (("state", "done"), ("type", "record")))] == 3
-    assert s[("upq_jobs", (("state", "failed"), ("type", "fail")))] == 1
-    assert s[("upq_jobs", (("state", "new"), ("type", "record")))] == 1, delayed
-    assert s[("upq_jobs", (("state", "running"), ("type", "record")))] == 0
-    assert s[("upq_runs_finished_total", (("outcome", "done"), ("type", "record")))] == 3
-    assert s[("upq_run_duration_seconds_count", (("type", "record"),))] == 3
-    assert s[("upq_run_duration_seconds_bucket", (("le", "+Inf"), ("type", "record")))] == 3
+    assert s[("upq_jobs", (("state", "done"), ("jobname", "record")))] == 3
+    assert s[("upq_jobs", (("state", "failed"), ("jobname", "fail")))] == 1
+    assert s[("upq_jobs", (("state", "new"), ("jobname", "record")))] == 1, delayed
+    assert s[("upq_jobs", (("state", "running"), ("jobname", "record")))] == 0
+    assert s[("upq_job_runs_total", (("outcome", "done"), ("jobname", "record")))] == 3
+    assert s[("upq_job_duration_seconds_count", (("jobname", "record"),))] == 3
+    assert s[("upq_job_duration_seconds_bucket", (("le", "+Inf"), ("jobname", "record")))] == 3
     assert s[("upq_submissions_total", ())] == 6        # 5 accepted, and the unknown type
     assert s[("upq_err_answers_total", ())] == 3        # the two bad requests, and `wait` of the failed job
-    assert s[("upq_workers", (("type", "record"),))] == 2
-    assert s[("upq_workers_busy", (("type", "record"),))] == 0
-    assert s[("upq_oldest_due_seconds", (("type", "record"),))] == 0      # the delayed one is not due
+    assert s[("upq_workers", (("jobname", "record"),))] == 2
+    assert s[("upq_workers_busy", (("jobname", "record"),))] == 0
+    assert s[("upq_oldest_due_seconds", (("jobname", "record"),))] == 0      # the delayed one is not due
     assert s[("upq_db_errors_total", ())] == 0
     assert s[("process_resident_memory_bytes", ())] > 0
 
@@ -111,10 +121,10 @@ def test_a_due_job_waiting_shows_its_age(make_daemon) -> None:
         wait_for(lambda: d.job(first)["state"] == "running", 15, "the gate job to run")
         d.submit("gate")
         b = Browser(port)
-        s = wait_for(lambda: (lambda s: s if s[("upq_oldest_due_seconds", (("type", "gate"),))] > 0.2 else None)(
+        s = wait_for(lambda: (lambda s: s if s[("upq_oldest_due_seconds", (("jobname", "gate"),))] > 0.2 else None)(
             samples(b.get("/metrics", headers=BEARER).body)), 15, "the queued job to age")
-        assert s[("upq_workers_busy", (("type", "gate"),))] == 1
-        assert s[("upq_jobs", (("state", "running"), ("type", "gate")))] == 1
+        assert s[("upq_workers_busy", (("jobname", "gate"),))] == 1
+        assert s[("upq_jobs", (("state", "running"), ("jobname", "gate")))] == 1
     finally:
         (d.dir / "gate.open").touch()
 
@@ -127,7 +137,9 @@ def test_dashboard_login_sets_a_strict_httponly_cookie(make_daemon) -> None:
     assert r.status == 303 and r.headers["location"] == "/login"
     assert b.get("/jobs").status == 303
     assert b.post("/action", {"action": "retry", "id": "1"}).status == 401
-    assert b.get("/", headers=BEARER).status == 303       # the dashboard takes a session, not the token
+    assert b.get("/static/upq.js").status == 303
+    assert b.get("/", headers=BEARER).status == 200       # GET pages take the Bearer token too (SPEC)
+    assert b.post("/action", {"action": "retry", "id": "1"}, headers=BEARER).status == 401   # actions need a session
     assert b.login("wrong").status == 401 and not b.cookie
     r = b.login()
     assert r.status == 303, r
@@ -136,7 +148,8 @@ def test_dashboard_login_sets_a_strict_httponly_cookie(make_daemon) -> None:
     page = b.get("/")
     assert page.status == 200 and "record" in page.body and "Nodes" in page.body
     assert b.get("/metrics").status == 200          # a session is good for /metrics too
-    assert b.get("/static/upq.js").status == 200 and "http" not in Browser(port).get("/static/upq.js").body
+    assert b.get("/static/upq.js").status == 200 and "http" not in b.get("/static/upq.js").body
+    assert b.get("/jobs/999999").status == 404 and b.get("/jobs/abc").status == 400
 
 
 @SQLITE_ONLY
@@ -170,7 +183,7 @@ def test_html_is_escaped_everywhere(make_daemon) -> None:
     d.wait_job(jobid)
     b = Browser(port)
     b.login()
-    page = b.get(f"/job?id={jobid}")
+    page = b.get(f"/jobs/{jobid}")
     assert page.status == 200 and "<script>alert" not in page.body
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.body
     for query in ("q", "type", "node", "state"):            # filters are echoed back escaped
@@ -178,7 +191,7 @@ def test_html_is_escaped_everywhere(make_daemon) -> None:
         assert page.status == 200
         assert "<script>x" not in page.body, query
     listing = b.get("/jobs?q=" + urllib.parse.quote("<script>")).body
-    assert re.findall(r'<a href="/job\?id=(\d+)">', listing) == [str(jobid)]
+    assert re.findall(r'<a href="/jobs/(\d+)">', listing) == [str(jobid)]
 
 
 @SQLITE_ONLY
@@ -192,13 +205,14 @@ def test_jobs_are_paged_by_jobid_and_filtered(make_daemon) -> None:
     seen, path = [], "/jobs?type=record"
     while path:
         page = b.get(path)
-        seen += [int(x) for x in re.findall(r'<a href="/job\?id=(\d+)">\d+</a>', page.body)]
+        assert page.status == 200, (path, page.status)
+        seen += [int(x) for x in re.findall(r'<a href="/jobs/(\d+)">\d+</a>', page.body)]
         m = re.search(r'<a href="([^"]+)">older', page.body)
         path = m.group(1).replace("&amp;", "&") if m else ""
     assert seen == sorted(ids, reverse=True)
     found = b.get("/jobs?q=needle").body
-    assert re.findall(r'<a href="/job\?id=(\d+)">', found) == [str(bad)]
+    assert re.findall(r'<a href="/jobs/(\d+)">', found) == [str(bad)]
     failed = b.get("/jobs?state=failed").body
-    assert re.findall(r'<a href="/job\?id=(\d+)">', failed) == [str(bad)]
-    job = b.get(f"/job?id={bad}").body
+    assert re.findall(r'<a href="/jobs/(\d+)">', failed) == [str(bad)]
+    job = b.get(f"/jobs/{bad}").body
     assert "needle" in job and "has ended failed" in job

@@ -18,7 +18,7 @@ def test_a_delayed_job_is_not_due_yet_and_says_when(make_daemon) -> None:
     d = make_daemon(jobs={"record": {}})
     jobid = d.submit("record @delay:3600")
     w = why(d, jobid)
-    assert w["reason"] == "delayed", w
+    assert w["reason"] == "not_due", w
     assert w["due"] and 3500 < w["seconds"] <= 3600, w
     assert "not due yet" in w["text"] and w["due"] in w["text"]
 
@@ -42,7 +42,8 @@ def test_every_worker_busy_names_the_running_jobs(make_daemon) -> None:
         second = d.submit("gate")
         w = why(d, second)
         assert w["reason"] == "workers_busy", w
-        assert [r["jobid"] for r in w["running"]] == [first], w
+        assert [r["jobid"] for r in w["running"]] == [first] and w["jobids"] == [first], w
+        assert w["state"] == "new"
         assert str(first) in w["text"]
         r = why(d, first)
         assert r["reason"] == "running" and r["node"] in r["text"], r
@@ -70,9 +71,9 @@ def test_a_type_enabled_only_on_a_stopped_daemon_names_the_live_ones(make_daemon
     b = make_daemon(jobs={"hello": {}}, subdir="b", server={"node_name": "node-b", **fast})
     jobid = a.submit("record @delay:3")     # stored while a runs `record`, due once a has stopped
     assert a.stop() == 0
-    w = wait_for(lambda: (lambda w: w if w["reason"] != "delayed" else None)(why(b, jobid)),
+    w = wait_for(lambda: (lambda w: w if w["reason"] != "not_due" else None)(why(b, jobid)),
                  15, "the job to be due")
-    assert w["reason"] == "no_daemon", w
+    assert w["reason"] == "not_enabled", w
     assert w["live"] == [{"node": "node-b", "jobs": ["hello"]}], w
     assert w["enabled_on"] == ["node-a"], w
     assert "node-b runs hello" in w["text"] and "node-a" in w["text"], w["text"]
