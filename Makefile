@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["test"]))')
 	touch $(STAMP)
 
-# Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser is downloaded)
+# Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser is
+# downloaded) and tmux for the terminal tests (tables, top); skipped when both are there
 browser-deps:
-	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	test -x /usr/bin/chromium -a -x /usr/bin/tmux || (apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium tmux)
 
 run: $(STAMP)
 	mkdir -p var
