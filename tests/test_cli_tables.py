@@ -102,3 +102,13 @@ def test_why_prints_its_sentence_on_a_terminal(make_daemon, term: Tmux) -> None:
     screen = wait_for(lambda: (lambda s: s if "not due yet" in s else None)(term.screen()), 15, "why to print")
     assert f"job {jobid} is not due yet" in screen.replace("\n", " ") or "not due" in screen, screen
     assert json.loads(d.ask(f"why {jobid}")[4:])["reason"] == "not_due"
+
+
+@SQLITE_ONLY
+def test_top_exits_cleanly_on_ctrl_c(make_daemon, term: Tmux) -> None:
+    d = make_daemon(jobs=JOBS)
+    term.type(cli_line(d, "top"), '; echo "top-exit""=$?"')
+    wait_for(lambda: "upq top" in term.screen(), 15, "top to start")
+    term.keys("C-c")
+    screen = wait_for(lambda: (lambda s: s if "\ntop-exit=" in s else None)(term.screen()), 15, "top to exit")
+    assert "top-exit=0" in screen and "Traceback" not in screen, screen
