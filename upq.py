@@ -242,6 +242,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         out.append("[server]")
     if old.mail != new.mail or old.notify != new.notify:
         out.append("[mail] / [notify]")
+    if old.http != new.http:
+        out.append("[http]")
     return out
 
 
