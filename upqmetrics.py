@@ -101,7 +101,8 @@ class Metrics:
         self.submissions = Counter("upq_submissions", "Jobs submitted over the sockets since start",
                                    registry=self.registry)
         self._finished_lock = threading.Lock()
-        self._finished: dict[str, collections.deque[float]] = {}     # type -> monotonic end times, last hour
+        # type -> [second (monotonic), jobs ended in it], the last hour: at most 3600 entries
+        self._finished: dict[str, collections.deque[list[int]]] = {}
         self.errors = Counter("upq_err_answers", "ERR answers sent since start", registry=self.registry)
         ProcessCollector(namespace="", registry=self.registry)
         self.registry.register(UpqCollector(manager, db))
@@ -112,11 +113,14 @@ class Metrics:
         outcome = str(shown(stored.state)) if stored is not None and stored.is_final else str(ended.outcome.kind)
         self.runs.labels(row.jobname, outcome).inc()
         if stored is not None and stored.is_final:
-            now = time.monotonic()
+            second = int(time.monotonic())
             with self._finished_lock:
                 q = self._finished.setdefault(row.jobname, collections.deque())
-                q.append(now)
-                while q and q[0] < now - 3600 or len(q) > 1_000_000:
+                if q and q[-1][0] == second:
+                    q[-1][1] += 1
+                else:
+                    q.append([second, 1])
+                while q[0][0] <= second - 3600:
                     q.popleft()
         end = stored.finished if stored is not None and stored.finished else utcnow()
         if row.started is not None:
@@ -124,13 +128,13 @@ class Metrics:
 
     def recent_finishes(self) -> dict[str, tuple[int, int]]:
         """{type: (jobs ended on this daemon in the last minute, in the last hour)}."""
-        now = time.monotonic()
+        second = int(time.monotonic())
         with self._finished_lock:
             out = {}
             for name, q in self._finished.items():
-                while q and q[0] < now - 3600:
+                while q and q[0][0] <= second - 3600:
                     q.popleft()
-                out[name] = (sum(1 for t in q if t >= now - 60), len(q))
+                out[name] = (sum(n for t, n in q if t > second - 60), sum(n for _, n in q))
             return out
 
     def submitted(self) -> None:

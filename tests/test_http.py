@@ -112,6 +112,9 @@ def test_metrics_count_the_jobs_the_test_ran(make_daemon) -> None:
     assert s[("upq_oldest_due_seconds", (("jobname", "record"),))] == 0      # the delayed one is not due
     assert s[("upq_db_errors_total", ())] == 0
     assert s[("process_resident_memory_bytes", ())] > 0
+    overview = b.get("/", headers=BEARER).body          # jobs ended here in the last minute / hour
+    row = overview[overview.index('<a href="/jobs?type=record">'):]
+    assert "<td>3 / 3</td>" in row[:row.index("</tr>")], row[:600]
 
 
 def test_a_due_job_waiting_shows_its_age(make_daemon) -> None:
