@@ -62,15 +62,18 @@ class Dashboard:
         counts = db.count_by_state()
         recent = self.app.metrics.recent_finishes()
 
-        def ages(conn: Connection) -> dict[str, float | None]:
+        def ages(conn: Connection) -> tuple[dict[str, float | None], dict[str, list[str]]]:
             from upqmetrics import oldest_due
-            now = db.db_now(conn)
+            from upqschema import nodes
+            now = db.db_now(conn, exact=False)
             out: dict[str, float | None] = {}
             for name, per in counts.items():
                 t = oldest_due(conn, name, now) if per.get(State.NEW) else None
                 out[name] = None if t is None else (now - t).total_seconds()
-            return out
-        oldest = db.read(ages)
+            runs = {r.node: sorted(json.loads(r.jobs)) if r.jobs else []
+                    for r in conn.execute(select(nodes.c.node, nodes.c.jobs))}
+            return out, runs
+        oldest, node_jobs = db.read(ages)
         types = []
         for name in sorted(set(counts) | set(manager.types)):
             per, jt = counts.get(name, {}), manager.types.get(name)
@@ -87,13 +90,8 @@ class Dashboard:
         for n in db.list_nodes():
             beat = dt.datetime.fromisoformat(n["heartbeat"].rstrip("Z")) if n["heartbeat"] else None
             nodes.append({**n, "age": ago((now - beat).total_seconds()) + " ago" if beat else "",
-                          "jobs": ", ".join(sorted(self._node_jobs(n["node"])))})
+                          "jobs": ", ".join(node_jobs.get(n["node"], []))})
         return self.page("overview.html", req, refresh=REFRESH, types=types, nodes=nodes)
-
-    def _node_jobs(self, node: str) -> list[str]:
-        from upqschema import nodes
-        raw = self.app.db.read(lambda conn: conn.execute(select(nodes.c.jobs).where(nodes.c.node == node)).scalar())
-        return list(json.loads(raw)) if raw else []
 
     def jobs(self, req: Request) -> Reply:
         f = {k: req.query.get(k, "").strip()[:200] for k in ("type", "state", "node", "q", "before")}

@@ -62,7 +62,7 @@ class UpqCollector(Collector):
         yield by_state
 
         def ages(conn: Connection) -> dict[str, float]:
-            now = self.db.db_now(conn)
+            now = self.db.db_now(conn, exact=False)     # the heartbeat keeps the offset fresh
             out = {}
             for name in sorted(set(counts) | set(types)):
                 t = oldest_due(conn, name, now) if counts.get(name, {}).get(State.NEW) else None

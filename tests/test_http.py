@@ -150,6 +150,7 @@ def test_dashboard_login_sets_a_strict_httponly_cookie(make_daemon) -> None:
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
     page = b.get("/")
     assert page.status == 200 and "record" in page.body and "Nodes" in page.body
+    assert "<td>fail, record</td>" in page.body         # the node's row names the types it runs
     assert b.get("/metrics").status == 200          # a session is good for /metrics too
     assert b.get("/static/upq.js").status == 200 and "http" not in b.get("/static/upq.js").body
     assert b.get("/jobs/999999").status == 404 and b.get("/jobs/abc").status == 400
