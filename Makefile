@@ -6,13 +6,19 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test check bench soak schedule-soak long clean wheel deb deb-deps deb-check
+.PHONY: run test check bench soak schedule-soak long clean wheel deb deb-deps deb-check browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["test"]))')
 	touch $(STAMP)
+
+# Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser is
+# downloaded) and tmux for the terminal tests (tables, top); skipped when both are there
+browser-deps:
+	test -x /usr/bin/chromium -a -x /usr/bin/tmux || (apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium tmux)
 
 run: $(STAMP)
 	mkdir -p var

@@ -183,6 +183,34 @@ Item = tuple[Op, Pending[Any], "Retrying | None", float]     # op, its future, r
 _NOTHING = object()
 
 
+class DbHealth:
+    """Database errors and outage time since start, for /metrics; fields under `_lock`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.errors = 0
+        self._down_since: float | None = None
+        self._down_total = 0.0
+
+    def failed(self) -> None:
+        with self._lock:
+            self.errors += 1
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+
+    def worked(self) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                self._down_total += time.monotonic() - self._down_since
+                self._down_since = None
+
+    def snapshot(self) -> tuple[int, float]:
+        """(errors, outage seconds so far, the current outage included)."""
+        with self._lock:
+            now = time.monotonic()
+            return self.errors, self._down_total + (0.0 if self._down_since is None else now - self._down_since)
+
+
 class Writer:
     """One thread, one connection: runs queued write operations in shared transactions.
 
@@ -202,6 +230,7 @@ class Writer:
         # writes waiting out an outage, as (due, seq, item); only the writer thread touches it
         self._later: list[tuple[float, int, Item]] = []
         self._seq = itertools.count()
+        self.health = DbHealth()
 
     def start(self) -> None:
         self.thread.start()
@@ -257,6 +286,7 @@ class Writer:
     def _fail(self, batch: list[Item], exc: BaseException) -> None:
         """Writes that may wait out the outage are queued again; the others fail."""
         err = DatabaseUnavailable(describe(exc)) if isinstance(exc, SQLAlchemyError) else exc
+        self.health.failed()
         later = 0
         for fn, fut, retry_while, backoff in batch:
             if retry_while is not None and isinstance(err, DatabaseUnavailable) and retry_while():
@@ -289,6 +319,7 @@ class Writer:
                 for item in batch:
                     self._run_batch([item])
                 return
+            self.health.worked()
             for item, res in zip(batch, results):
                 item[1].set_result(res)
             return

@@ -23,6 +23,7 @@ from inifile import BadValue, duration, host_port, octal_mode, port_number, read
 from module_loader import job_name_problem
 from upqerrors import ConfigError
 from upqjobkeys import Periodic, periodic_from, priority_from, unique_from
+from upqhttpconfig import HttpConfig, http_section
 
 __all__ = ["ConfigError", "Config", "JobConfig", "load_config"]
 
@@ -136,6 +137,7 @@ class Config:
     mail: MailConfig | None         # None when the section is absent
     notify: NotifyConfig
     jobs: Mapping[str, JobConfig]   # every [job x] section, enabled or not
+    http: HttpConfig = HttpConfig()
 
     def enabled_jobs(self) -> dict[str, JobConfig]:
         """The job types upq loads and serves."""
@@ -165,7 +167,7 @@ _SERVER_KEYS = {
 }
 _MAIL_KEYS = {"host", "port", "from", "starttls", "username", "password", "timeout"}
 _NOTIFY_KEYS = {"syslog_address", "syslog_facility"}
-_SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify"}
+_SIMPLE_SECTIONS = {"logging", "paths", "db", "server", "mail", "notify", "http"}
 _DURATION = "expected a duration like 90s, 15m, 1h or 7d (0 = keep forever)"
 _SQLITE_RELATIVE_RE = re.compile(r"^(sqlite(?:\+\w+)?:///)(\./.*)$")
 T = TypeVar("T")
@@ -192,6 +194,7 @@ class _Loader:
         server = self.server_section(section("server"))
         mail = self.mail_section(section("mail")) if "mail" in sections else None
         notify = self.notify_section(section("notify"))
+        http = http_section(section("http"))
         jobs: dict[str, JobConfig] = {}
         for name, values in sections.items():
             if name == "job" or name.startswith("job "):
@@ -203,7 +206,7 @@ class _Loader:
             elif name not in _SIMPLE_SECTIONS:
                 self.problems.append(f"{self.label}: [{name}]: unknown section")
         return Config(path=os.path.abspath(self.label), logging=logging_config, paths=paths,
-                      db=db, server=server, mail=mail, notify=notify, jobs=jobs)
+                      db=db, server=server, mail=mail, notify=notify, jobs=jobs, http=http)
 
     def resolve(self, value: str) -> str:
         """'./x' means next to the config file, whatever the working folder is."""

@@ -79,6 +79,7 @@ class Daemon:
     listeners: list[socket.socket] = field(default_factory=list)
     db: "Database | None" = None
     pidfile: str | None = None      # --daemon: removed by _exit_now too (atexit does not run)
+    http_listener: "socket.socket | None" = None     # [http] listen, bound before detaching
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Running:
     scheduler: "Scheduler | None" = None
     pauses: "Pauses | None" = None
     retention: "Retention | None" = None
+    http: "HttpServer | None" = None
 
 
 def prepare(d: Daemon) -> None:
@@ -136,6 +138,12 @@ def prepare(d: Daemon) -> None:
             d.listeners.append(bind_tcp(srv.listen))
         except OSError as exc:
             raise StartupError(f"cannot listen on [server] listen = {srv.listen}: {exc.strerror or exc}") from exc
+    if config.http.listen:
+        try:
+            d.http_listener = bind_tcp(config.http.listen)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on [http] listen = {config.http.listen}: "
+                               f"{exc.strerror or exc}") from exc
 
 
 def start(d: Daemon) -> Running:
@@ -164,6 +172,11 @@ def start(d: Daemon) -> Running:
     notifier = Notifier(config.mail, config.notify, log, socket.gethostname())
     completions = Completions()
     manager = QueueManager(config, db, d.classes, log, node, hooks=[completions.on_ended, notifier.on_ended])
+    metrics = None
+    if d.http_listener is not None:
+        from upqmetrics import Metrics
+        metrics = Metrics(manager, db)
+        manager.add_hook(metrics.on_ended)
     control = Control(manager, db, completions, srv.poll_interval)
     submitter = Submitter(manager, db, control.wait)
     pauses = Pauses(db, log, srv.poll_interval, manager.set_paused)
@@ -171,9 +184,11 @@ def start(d: Daemon) -> Running:
     reloader = Reloader(d, manager)
     scheduler = Scheduler(db, submitter, manager, log, node)
     dispatcher = Dispatcher(submitter, control, manager, reloader.reload, Admin(db, manager, pauses),
-                            schedules=scheduler.describe)
+                            schedules=scheduler.describe,
+                            on_submit=metrics.submitted if metrics else lambda: None)
     servers = [UpqServer(sock, dispatcher, max_connections=srv.max_connections, idle_timeout=srv.idle_timeout,
-                         logger=log, token="" if sock.family == socket.AF_UNIX else srv.token)
+                         logger=log, token="" if sock.family == socket.AF_UNIX else srv.token,
+                         on_answers=metrics.answered if metrics else lambda lines: None)
                for sock in d.listeners]
     name_lock = NodeNameLock(config.db.url, db.read_engine)
     keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
@@ -189,11 +204,20 @@ def start(d: Daemon) -> Running:
     pauses.refresh()
     manager.start(host=submitter)
     pauses.start()
+    db.nodes.set_jobs(node, manager.concurrent())
     keeper.start()
     scheduler.start()
     retention = Retention(db, lambda: manager.config, log)
     retention.start()
-    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler, pauses, retention)
+    http = None
+    if d.http_listener is not None and metrics is not None:
+        from upqdashboard import add_dashboard
+        from upqhttp import HttpApp, HttpServer
+        app = HttpApp(config.http.token, manager, db, metrics, log)
+        add_dashboard(app, control)
+        http = HttpServer(d.http_listener, app)
+    return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler, pauses, retention,
+                   http)
 
 
 def interrupt_cap(config: Config, jobname: str) -> int:
@@ -244,6 +268,10 @@ class Reloader:
             from upqpause import register_types
             register_types(self.manager.db, config.enabled_jobs())
             changes = self.manager.reconfigure(config, classes)
+            try:
+                self.manager.db.nodes.set_jobs(self.manager.node, self.manager.concurrent())
+            except DatabaseUnavailable as exc:
+                d.log.warning("reload: could not record this node's job types for `why`: %s", exc)
             d.classes = classes
             d.config = config
             d.log.info("reloaded %s: %s", config.path, "; ".join(changes) or "no job changes")
@@ -262,6 +290,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         out.append("[server]")
     if old.mail != new.mail or old.notify != new.notify:
         out.append("[mail] / [notify]")
+    if old.http != new.http:
+        out.append("[http]")
     return out
 
 
@@ -280,6 +310,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     for server in r.servers:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                          name=f"server-{server.socket.family.name}", daemon=True).start()
+    if r.http is not None:
+        r.http.start()
     d.log.info("upq %s serving on %s, jobs: %s", VERSION,
                " and ".join([d.config.paths.socket] + ([d.config.server.listen] if d.config.server.listen else [])),
                ", ".join(sorted(r.manager.types)) or "none")
@@ -304,6 +336,8 @@ def serve(d: Daemon, r: Running, sigs: Signals) -> int:
     for server in r.servers:
         server.shutdown()
         server.server_close()
+    if r.http is not None:
+        r.http.stop()
     unlink(d.config.paths.socket)
     for worker in (r.scheduler, r.retention, r.pauses):
         if worker is not None:
@@ -360,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(d)
         if args.daemon:
-            d.pidfile = detach(d.listeners, log, args.pidfile)
+            d.pidfile = detach(d.listeners + ([d.http_listener] if d.http_listener else []), log, args.pidfile)
     except StartupError as exc:
         for sock in d.listeners:
             sock.close()

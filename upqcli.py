@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "exit 0 only if it ended done")
     parser.add_argument("--json", action="store_true",
                         help="print only the JSON after ACK/ERR, indented")
+    parser.add_argument("--raw", action="store_true", help="print the protocol line even on a terminal")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="give up waiting for an answer after SECONDS (with --wait: "
                              "how long the job may take); default: wait as long as it takes")
@@ -120,11 +121,13 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
         check_request(line)
     conn = connect(opts, environ)
     try:
+        if opts.command == "top" and not opts.args:
+            return __import__("upqtop").top(conn.ask, CliError)
         if pipelined:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
-        return print_answer(conn.ask(line), opts.json, table=opts.command == "schedules")
+        return print_answer(conn.ask(line), opts.json, None if opts.raw else opts.command)
     finally:
         conn.close()
 
@@ -369,10 +372,15 @@ def feed_lines(conn: Connection, lines: Iterable[bytes], sent: "queue.Queue[bool
 
 # --- printing ------------------------------------------------------------------
 
-def print_answer(answer: str, as_json: bool, table: bool = False) -> int:
-    """Print one answer (its JSON indented, or `schedules` as a table); the exit status it implies."""
-    from upqclisched import schedules_table
-    print(json_payload(answer) if as_json else (table and schedules_table(answer)) or answer, flush=True)
+def print_answer(answer: str, as_json: bool, table: str | None = None) -> int:
+    """Print one answer (its JSON indented; `schedules` as a table, and on a terminal `table`'s
+    table) and return the exit status."""
+    if table == "schedules" and not as_json:
+        from upqclisched import schedules_table
+        answer = schedules_table(answer) or answer
+    elif table and not as_json and __import__("upqtables").printed(table, answer, sys.stdout.isatty()):
+        return EXIT_ACK
+    print(json_payload(answer) if as_json else answer, flush=True)
     return EXIT_ACK if is_ack(answer) else EXIT_ERR
 
 

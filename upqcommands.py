@@ -27,17 +27,19 @@ class Dispatcher:
 
     def __init__(self, submitter: Submitter, control: Control, manager: QueueManager,
                  reload: Callable[[], list[str]], admin: "Admin | None" = None,
-                 schedules: Callable[[], list[dict[str, Any]]] = lambda: []):
+                 schedules: Callable[[], list[dict[str, Any]]] = lambda: [],
+                 on_submit: Callable[[], None] = lambda: None):
         self.admin = admin
         self.submitter = submitter
         self.control = control
         self.manager = manager
         self.reload = reload
         self.schedules_of = schedules
+        self.on_submit = on_submit          # counts submissions (for /metrics)
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "status": self.status, "wait": self.wait, "list": self.list,
             "list_queue": self.list, "stats": self.stats, "help": self.help, "cancel": self.cancel,
-            "retry": self.retry, "reload": self.reload_config,
+            "retry": self.retry, "reload": self.reload_config, "why": self.why,
             "pause": self.pause, "resume": self.resume, "purge": self.purge,
         }
         self.handlers["schedules"] = self.schedules
@@ -54,6 +56,7 @@ class Dispatcher:
             raise BadRequest(f"{req.command}: not available on this connection")
         proto.check_job_name(req.command)
         options, args = proto.split_options(req.args)
+        self.on_submit()
         return self.submitter.submit(req.command, Request(req.command, args).params(),
                                      delay=proto.parse_delay(options), priority=proto.parse_priority(options))
 
@@ -107,6 +110,11 @@ class Dispatcher:
 
     def stats(self, req: Request, gone: Gone) -> str:
         return proto.ack_json(self.control.stats())
+
+    def why(self, req: Request, gone: Gone) -> str:
+        from upqwhy import why
+        return proto.ack_json(why(proto.jobid_arg(req), self.manager, self.control.db,
+                                  self.manager.config.server.node_timeout))
 
     def reload_config(self, req: Request, gone: Gone) -> str:
         proto.no_args(req)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from groupcommit import Pending, Retrying, RowInsert, Writer, describe
 from upqcrashloop import CapFor, requeue_interrupted
+from upqcounts import read_counts
 from upqengine import Clock, create_schema, is_sqlite, make_engine
 from upqerrors import DatabaseUnavailable
 from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
@@ -41,9 +42,13 @@ class Database:
         self.writer = Writer(self.write_engine, logger)
         self.clock = Clock(url)
         self.nodes = NodeStore(self)
+        self.counted = False            # upq_counts kept by triggers (set by create_schema)
 
     def create_schema(self) -> None:
-        create_schema(self.write_engine)
+        self.counted = create_schema(self.write_engine)
+        if not self.counted:
+            self.log.warning("the database refused triggers (TRIGGER privilege?): stats and /metrics "
+                             "count jobs with GROUP BY, which is slow on a large table")
 
     def start(self) -> None:
         self.writer.start()
@@ -61,6 +66,10 @@ class Database:
         return self.clock.now(conn, exact)
 
     # -- reads -------------------------------------------------------------
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """fn(conn) on a pooled read connection; DatabaseUnavailable when the database fails."""
+        return self._read(fn)
+
     def _read(self, fn: Callable[[Connection], T]) -> T:
         for attempt in (1, 2):
             try:
@@ -70,6 +79,7 @@ class Database:
                 if exc.connection_invalidated and attempt == 1:
                     continue        # a pooled connection the server dropped: once more, afresh
                 self.log.warning("database read failed: %s", exc)
+                self.writer.health.failed()
                 raise DatabaseUnavailable(describe(exc)) from exc
             except SQLAlchemyError as exc:
                 self.log.warning("database read failed: %s", exc)
@@ -106,11 +116,11 @@ class Database:
         return self._read(q)
 
     def count_by_state(self) -> dict[str, dict[State, int]]:
-        """{jobname: {state as shown: n}} over the whole table (index-only scan)."""
+        """{jobname: {state as shown: n}}: a few rows of upq_counts (or a GROUP BY without triggers)."""
         def q(conn: Connection) -> dict[str, dict[State, int]]:
             out: dict[str, dict[State, int]] = {}
             stmt = select(jobs.c.jobname, jobs.c.state, func.count()).group_by(jobs.c.jobname, jobs.c.state)
-            for name, state, n in conn.execute(stmt):
+            for name, state, n in (read_counts(conn) if self.counted else conn.execute(stmt)):
                 per = out.setdefault(name, {})
                 per[shown(state)] = per.get(shown(state), 0) + n
             return out
@@ -327,6 +337,11 @@ class NodeStore:
         out = self.write(op)
         self._report(failed)
         return out
+
+    def set_jobs(self, node: str, concurrent: dict[str, int]) -> None:
+        """Record the job types this node runs and their workers, so `why` on any daemon can tell."""
+        self.write(lambda conn: conn.execute(update(nodes).where(nodes.c.node == node)
+                                             .values(jobs=json.dumps(concurrent, sort_keys=True))))
 
     def requeue_orphans(self, node: str, crashed: bool = True) -> int:
         """Jobs this node left running (crash, kill -9) go back to new, and its leases too.

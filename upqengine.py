@@ -67,13 +67,16 @@ def make_engine(url: str, durability: str, writer: bool) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
+def create_schema(engine: Engine) -> bool:
     """Create missing tables, columns and indexes and record the schema version; safe when
-    daemons race (a lost race fails one attempt, and the next finds the work done)."""
+    daemons race (a lost race fails one attempt, and the next finds the work done). True
+    when upq_counts is kept by triggers (upqcounts.py)."""
+    from upqcounts import ensure_counts
     for attempt in range(3):
         try:
             with engine.begin() as conn:
                 metadata.create_all(conn, checkfirst=True)
+                counted = ensure_counts(conn)
                 _add_missing_columns(conn)
                 for table in metadata.sorted_tables:
                     for index in table.indexes:      # an index added since the table was made
@@ -84,11 +87,12 @@ def create_schema(engine: Engine) -> None:
                 elif int(have) > SCHEMA_VERSION:
                     raise DatabaseUnavailable(
                         f"database schema version {have} is newer than this upq understands ({SCHEMA_VERSION})")
-            return
+            return counted
         except SQLAlchemyError:
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _add_missing_columns(conn: Connection) -> None:

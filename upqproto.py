@@ -57,6 +57,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("resume", "resume <jobname>", "end a pause"),
     Command("purge", "purge <done|failed|cancelled> older:<duration> [type:<jobname>]",
             "delete ended jobs now; durations take s, m, h, d"),
+    Command("why", "why <jobid>", "why the job is not running yet, or where it runs: a reason and a sentence"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)

@@ -126,6 +126,11 @@ class QueueManager:
         self.is_paused: Callable[[str], bool] = lambda name: False   # upq.py: Pauses.is_paused
 
     # -- life cycle --------------------------------------------------------
+    def add_hook(self, hook: Hook) -> None:
+        """One more after-outcome hook (e.g. /metrics' counters); before start() only."""
+        assert not self.types, "hooks are fixed once the workers run"
+        self._hooks = (*self._hooks, hook)
+
     def start(self, host: JobHost) -> None:
         """Create each type's queue and start its workers; jobs they run submit through `host`."""
         self._host = host
@@ -182,6 +187,10 @@ class QueueManager:
                 jt.queue.resize(wanted_slots(cfg))      # extra workers notice and retire
         self.types = types
         return changes
+
+    def concurrent(self) -> dict[str, int]:
+        """{job type: concurrent} of the types enabled here (stored for `why` on other daemons)."""
+        return {name: jt.config.concurrent for name, jt in self.types.items()}
 
     def set_peers(self, peers: int) -> None:
         """The heartbeat counted the other live daemons: lease ahead only while there are none."""

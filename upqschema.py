@@ -86,6 +86,7 @@ nodes = Table(
     Column("started", _Time, nullable=False),
     Column("heartbeat", _Time, nullable=False),
     Column("state", String(16), nullable=False),          # alive | dead | stopped
+    Column("jobs", Text, nullable=True),                  # JSON {job type: concurrent} it runs (`why`)
 )
 
 # one row per (job type, due time) of a schedule: the primary key is what makes each due

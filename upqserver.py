@@ -134,9 +134,10 @@ class LineHandler(socketserver.BaseRequestHandler):
     def _send(self, sock: socket.socket, out: list[Any]) -> bool:
         deadline = time.monotonic() + ANSWER_TIMEOUT      # one deadline for the whole batch
         log = self.server.log
-        payload = "".join((item if isinstance(item, str) else
-                           answered(lambda: settled(item, deadline), log, "a submission")) + "\n"
-                          for item in out).encode("utf-8")
+        lines = [item if isinstance(item, str) else answered(lambda: settled(item, deadline), log, "a submission")
+                 for item in out]
+        self.server.on_answers(lines)
+        payload = "".join(line + "\n" for line in lines).encode("utf-8")
         out.clear()
         try:
             sock.sendall(payload)
@@ -205,7 +206,8 @@ class UpqServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     block_on_close = False
 
     def __init__(self, listener: socket.socket, answers: Answers, *, max_connections: int,
-                 idle_timeout: float, logger: logging.Logger, token: str = ""):
+                 idle_timeout: float, logger: logging.Logger, token: str = "",
+                 on_answers: Callable[[list[str]], None] = lambda lines: None):
         self.address_family = listener.family
         super().__init__(listener.getsockname(), LineHandler, bind_and_activate=False)
         self.socket.close()
@@ -215,6 +217,7 @@ class UpqServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.log = logger
+        self.on_answers = on_answers          # every batch of answer lines sent (for /metrics)
         self._active = 0                      # connections being served, under _active_lock
         self._active_lock = threading.Lock()
 

@@ -18,7 +18,9 @@ What it does, on a fresh temp dir under /tmp (and, for MariaDB, a fresh database
   4. starts the daemon on that database and measures start-up time, RSS after start
      and after 100 `status` + 1 `stats` + 1 `list`, `status <id>` latency (p50/p99
      over random ids on one persistent connection), `stats` and `list` latency
-     (median of 5), and `noop` submissions (inline run, ACK after commit);
+     (median of 5), `stats`, `/metrics` and the dashboard overview p50 over 50 samples
+     (issue 14; [http] on a free port, Bearer token), and `noop` submissions (inline run,
+     ACK after commit);
      with --concurrent K the backlog type gets K workers that drain it meanwhile
      (start-up and RSS then include claiming from the backlog);
   5. prints a table, the targets of issue 8 with OK/MISS, and writes JSON to
@@ -60,6 +62,10 @@ STOP_TIMEOUT = 20.0         # seconds SIGTERM gets before SIGKILL
 TARGET_START_S = 3.0
 TARGET_RSS_MB = 120.0
 TARGET_STATUS_MS = 10.0
+# issue 14: with 1,000,000 jobs, /metrics, the dashboard overview and `stats` < 10 ms p50
+TARGET_COUNTS_MS = 10.0
+HTTP_TOKEN = "bench-token"
+HTTP_SAMPLES = 50
 
 NOOP_JOB = '''"""noop: does nothing; the backlog benchmark's job type."""
 from upqjob import UpqJob
@@ -182,7 +188,7 @@ class Daemon:
 
 
 # -- set-up ------------------------------------------------------------------
-def write_files(workdir: Path, db_url: str, concurrent: int = 0) -> Path:
+def write_files(workdir: Path, db_url: str, concurrent: int = 0, http_port: int = 0) -> Path:
     jobs_dir = workdir / "jobs"
     jobs_dir.mkdir()
     (jobs_dir / "noop.py").write_text(NOOP_JOB)
@@ -193,7 +199,8 @@ def write_files(workdir: Path, db_url: str, concurrent: int = 0) -> Path:
         "[paths]\nsocket = ./upq.sock\njobs_dir = ./jobs\n\n"
         f"[db]\nurl = {db_url}\n\n"
         "[server]\nallow_root = true\nshutdown_grace = 5\n\n"
-        "; concurrent = 0 (the default): runs inline at submission; one worker runs queued rows\n"
+        + (f"[http]\nlisten = 127.0.0.1:{http_port}\ntoken = {HTTP_TOKEN}\n\n" if http_port else "")
+        + "; concurrent = 0 (the default): runs inline at submission; one worker runs queued rows\n"
         f"[job noop]\nenabled = true\nconcurrent = {concurrent}\n\n"
         "[job hello]\nenabled = true\nconcurrent = 2\n")
     return cfg
@@ -271,7 +278,27 @@ def check_ack(answer: str, what: str) -> None:
         raise RuntimeError(f"{what}: {answer[:300]}")
 
 
-def measure(d: Daemon, ids: list[int], status_samples: int, repeats: int) -> dict[str, Any]:
+def http_p50(port: int, path: str, samples: int) -> float:
+    """p50 seconds of GET path (Bearer token) on one keep-alive connection."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=QUERY_TIMEOUT)
+    lat = []
+    try:
+        for _ in range(samples + 1):
+            t0 = time.perf_counter()
+            conn.request("GET", path, headers={"Authorization": f"Bearer {HTTP_TOKEN}"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"backlog: GET {path} answered {resp.status}")
+            lat.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return pct(lat[1:], 50)
+
+
+def measure(d: Daemon, ids: list[int], status_samples: int, repeats: int,
+            http_port: int = 0) -> dict[str, Any]:
     """Start-up time, RSS and query latencies of a running daemon (ids: existing job ids)."""
     r: dict[str, Any] = {}
     r["startup_s"] = round(d.start(), 3)
@@ -314,6 +341,11 @@ def measure(d: Daemon, ids: list[int], status_samples: int, repeats: int) -> dic
             r[f"{key}_median_ms"] = ms(statistics.median(lat))
         stats = json.loads(c.ask("stats")[4:])
         r["stats_answer"] = stats.get("jobs", stats)
+        lat = [c.timed("stats")[0] for _ in range(HTTP_SAMPLES)]
+        r["stats_p50_ms"] = ms(pct(lat, 50))
+        if http_port:
+            r["metrics_p50_ms"] = ms(http_p50(http_port, "/metrics", HTTP_SAMPLES))
+            r["overview_p50_ms"] = ms(http_p50(http_port, "/", HTTP_SAMPLES))
 
         lat = []
         for i in range(repeats):
@@ -416,6 +448,9 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
         ("status <missing id>", "ms", idle["status_missing_ms"], back["status_missing_ms"]),
         ("stats (first)", "ms", idle["stats_first_ms"], back["stats_first_ms"]),
         ("stats (median of 5)", "ms", idle["stats_median_ms"], back["stats_median_ms"]),
+        ("stats p50 (50 samples)", "ms", idle["stats_p50_ms"], back["stats_p50_ms"]),
+        ("/metrics p50 (50 samples)", "ms", idle.get("metrics_p50_ms"), back.get("metrics_p50_ms")),
+        ("dashboard overview p50 (50 samples)", "ms", idle.get("overview_p50_ms"), back.get("overview_p50_ms")),
         ("list (first)", "ms", idle["list_first_ms"], back["list_first_ms"]),
         ("list (median of 5)", "ms", idle["list_median_ms"], back["list_median_ms"]),
         ("list new (median of 5)", "ms", idle["list_new_median_ms"], back["list_new_median_ms"]),
@@ -438,6 +473,9 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
         ("RSS with backlog (max of samples)", round(rss_max, 1), TARGET_RSS_MB, "MB"),
         ("status p50 with backlog", back.get("status_p50_ms"), TARGET_STATUS_MS, "ms"),
         ("status p99 with backlog", back.get("status_p99_ms"), TARGET_STATUS_MS, "ms"),
+        ("stats p50 with backlog (issue 14)", back.get("stats_p50_ms"), TARGET_COUNTS_MS, "ms"),
+        ("/metrics p50 with backlog (issue 14)", back.get("metrics_p50_ms"), TARGET_COUNTS_MS, "ms"),
+        ("overview p50 with backlog (issue 14)", back.get("overview_p50_ms"), TARGET_COUNTS_MS, "ms"),
     ]
     out = []
     print(f"targets (issue 8, backlog of 1,000,000 queued{'' if n == 1_000_000 else f'; this run: {n:,}'}):")
@@ -493,12 +531,15 @@ def main(argv: list[str] | None = None) -> int:
             import sqlite3
             db_url = f"sqlite:///{workdir / 'upq.db'}"
             res["db_server"] = f"SQLite {sqlite3.sqlite_version}"
-        cfg = write_files(workdir, db_url, args.concurrent)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            http_port = probe.getsockname()[1]
+        cfg = write_files(workdir, db_url, args.concurrent, http_port)
         print(f"workdir {workdir}; db {res['db_server']}")
         daemon = Daemon(workdir, cfg, str(workdir / "upq.sock"))
 
         print("1/3 idle daemon, empty database ...")
-        res["idle"] = measure(daemon, [], args.status_samples, args.repeats)
+        res["idle"] = measure(daemon, [], args.status_samples, args.repeats, http_port)
         # a few existing ids so the idle status figure means the same as the backlog one
         c = Conn(daemon.socket)
         try:
@@ -533,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print("3/3 daemon with the backlog ...")
         ids_range = range(1, args.jobs + 1)          # a fresh table numbers rows 1..N
-        res["backlog"] = measure(daemon, ids_range, args.status_samples, args.repeats)  # type: ignore[arg-type]
+        res["backlog"] = measure(daemon, ids_range, args.status_samples, args.repeats,  # type: ignore[arg-type]
+                                 http_port)
         daemon.stop()
 
         res["targets"] = report(res)
