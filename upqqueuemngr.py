@@ -28,6 +28,7 @@ from parseconfig import Config, JobConfig
 from upqdb import Database
 from upqerrors import JobRejected, QueueStopped, UnknownJob
 from upqexec import Executor, ThreadExecutor
+from upqprocexec import ProcessExecutor, worker_user
 from upqjob import JobHost, UpqJob
 from upqschema import JobRow, utcnow
 from upqslots import Run, Runs, Slots
@@ -144,6 +145,10 @@ class QueueManager:
         return jt
 
     def _executor_for(self, cfg: JobConfig, queue: DBQueue, slots: Slots) -> Executor:
+        if cfg.isolation == "process":
+            return ProcessExecutor(cfg, self.config.paths.jobs_dir, self.log, lambda: slots.size,
+                                   worker_user(cfg.user))
+
         def abandoned(jobid: int) -> None:
             slots.abandon()
             queue.hold_back(jobid)
@@ -171,6 +176,7 @@ class QueueManager:
                 changes.append(f"added {name}")
                 continue
             old = jt.config.concurrent
+            self._reconfigure_executor(jt, cfg)
             jt.config, jt.cls = cfg, job_classes[name]
             if cfg.concurrent != old:
                 changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
@@ -179,6 +185,18 @@ class QueueManager:
                 jt.queue.resize(wanted_slots(cfg))      # extra workers notice and retire
         self.types = types
         return changes
+
+    def _reconfigure_executor(self, jt: JobType, cfg: JobConfig) -> None:
+        """A reload: process workers take the new code and settings (idle ones now, busy ones
+        after their run); a changed isolation gets a new executor, the old one drains."""
+        old = jt.executor
+        if cfg.isolation != jt.config.isolation:
+            jt.executor = self._executor_for(cfg, jt.queue, jt.slots)
+            if isinstance(old, ProcessExecutor):
+                old.size = lambda: 0
+                old.reconfigure(old.config)
+        elif isinstance(old, ProcessExecutor):
+            old.reconfigure(cfg)
 
     def set_peers(self, peers: int) -> None:
         """The heartbeat counted the other live daemons: lease ahead only while there are none."""

@@ -1,0 +1,341 @@
+"""ProcessExecutor: a job type's runs in pre-started, reused worker processes (isolation = process).
+
+Each worker is a fresh interpreter running upqworker.py, the leader of its own session
+and process group, connected by a socketpair. A run that kills its worker, passes its
+timeout, or ignores a cancel for `kill_grace` seconds ends as a clear Outcome; the worker's
+whole group is stopped (SIGTERM, then SIGKILL after kill_grace) by a reaper thread while
+the slot is free at once and a fresh worker takes it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from parseconfig import JobConfig
+from upqerrors import ConfigError
+from upqjob import UpqJob
+from upqstates import Outcome, OutcomeKind
+from upqworker import memory_text
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upqworker.py")
+START_TIMEOUT = 30.0        # seconds a fresh worker may take to import its job module
+TICK = 0.1                  # how often a waiting run looks at job.cancelled
+
+
+class WorkerGone(Exception):
+    """The worker closed its socket: it has died, or is about to."""
+
+
+class WorkerProc:
+    """One worker process and the daemon's end of its socketpair; used by one run at a time."""
+
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket, generation: int):
+        self.proc = proc
+        self.sock = sock
+        self.generation = generation
+        self.ready = False
+        self.runs = 0
+        self._buf = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, **msg: Any) -> None:
+        try:
+            self.sock.sendall((json.dumps(msg, default=str) + "\n").encode())
+        except OSError as exc:
+            raise WorkerGone(str(exc)) from exc
+
+    def receive(self, timeout: float) -> dict | None:
+        """The next message, None if none came within `timeout`; WorkerGone at EOF."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except OSError as exc:
+                raise WorkerGone(str(exc)) from exc
+            if not chunk:
+                raise WorkerGone("EOF")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def exit_status(self, wait: float) -> tuple[int, int] | None:
+        """(si_code, si_status) once the process has exited, without reaping it (its pid, and so
+        its process group id, stay reserved until `reap`); None if still alive after `wait`."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                res = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return (os.CLD_EXITED, self.proc.returncode or 0)
+            if res is not None:
+                return (res.si_code, res.si_status)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def kill_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self) -> None:
+        """SIGKILL what is left of the group (programs the job started), then reap the leader."""
+        self.kill_group(signal.SIGKILL)
+        self.sock.close()
+        self.proc.wait()
+
+
+def death_message(status: tuple[int, int], config: JobConfig) -> str:
+    """How a worker process ended, in the words a user reads in the job's msg."""
+    code, value = status
+    if code == os.CLD_EXITED:
+        return f"worker process died: exit code {value}"
+    try:
+        name = signal.Signals(value).name
+    except ValueError:
+        name = "unknown signal"
+    if value == signal.SIGXCPU and config.max_cpu:
+        return f"cpu limit {config.max_cpu:g} s exceeded (worker process got signal {value} ({name}))"
+    text = f"worker process died: signal {value} ({name})"
+    if config.max_memory and value in (signal.SIGKILL, signal.SIGABRT):
+        text += f"; memory limit {memory_text(config.max_memory)} may have been exceeded"
+    return text
+
+
+def worker_user(name: str) -> tuple[int, int] | None:
+    """`user = name`: (uid, gid) to run a type's workers as; only a daemon running as root can."""
+    if not name:
+        return None
+    import pwd
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError([f"user = {name}: no such user"]) from None
+    if os.geteuid() != 0:
+        raise ConfigError([f"user = {name}: the daemon must run as root to run workers as another user"])
+    return entry.pw_uid, entry.pw_gid
+
+
+class ProcessExecutor:
+    """A job type's worker processes: an idle pool of `size()` (pre-started), one per busy run."""
+
+    def __init__(self, config: JobConfig, jobs_dir: str, logger: logging.Logger, size: Callable[[], int],
+                 user: tuple[int, int] | None = None):
+        self.config = config            # replaced whole by reconfigure
+        self.jobs_dir = jobs_dir
+        self.log = logger
+        self.size = size
+        self.user = user                # (uid, gid) to run the workers as, or None
+        self._lock = threading.Lock()   # guards _idle, _all, _generation, _closed
+        self._idle: list[WorkerProc] = []
+        self._all: set[WorkerProc] = set()
+        self._generation = 0
+        self._closed = False
+        for _ in range(size()):
+            self._idle.append(self._start())
+
+    # -- the pool ------------------------------------------------------------
+    def _start(self) -> WorkerProc:
+        """Start one worker process (it says ready once its job module is imported)."""
+        cfg = self.config
+        ours, theirs = socket.socketpair()
+        init = {"jobs_dir": self.jobs_dir, "name": cfg.name, "options": dict(cfg.options),
+                "max_memory": cfg.max_memory, "max_cpu": cfg.max_cpu}
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs.update(user=self.user[0], group=self.user[1], extra_groups=[])
+        proc = subprocess.Popen([sys.executable, RUNNER, str(theirs.fileno()), json.dumps(init)],
+                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd="/", **kwargs)
+        theirs.close()
+        w = WorkerProc(proc, ours, self._generation)
+        with self._lock:
+            self._all.add(w)
+        return w
+
+    def _take(self) -> WorkerProc:
+        with self._lock:
+            w = self._idle.pop() if self._idle else None
+        return w if w is not None else self._start()
+
+    def _give_back(self, w: WorkerProc, retire: bool = False) -> None:
+        w.runs += 1
+        limit = self.config.max_runs_per_process
+        with self._lock:
+            keep = not retire and not self._closed and w.generation == self._generation and \
+                not (limit and w.runs >= limit) and len(self._idle) < self.size()
+            if keep:
+                self._idle.append(w)
+        if not keep:
+            self._retire(w)
+            self._refill()
+
+    def _refill(self) -> None:
+        """Keep `size()` idle workers ready, so the next run (a retry too) starts at once."""
+        with self._lock:
+            short = 0 if self._closed else self.size() - len(self._idle)
+        for _ in range(max(0, short)):
+            w = self._start()
+            with self._lock:
+                self._idle.append(w)
+
+    def _retire(self, w: WorkerProc) -> None:
+        """An idle worker leaves: told to exit, then reaped by a thread of its own."""
+        with self._lock:
+            self._all.discard(w)
+        try:
+            w.send(op="exit")
+        except WorkerGone:
+            pass
+        self._reaper(w, stop=False)
+
+    def _reaper(self, w: WorkerProc, stop: bool) -> None:
+        """A thread that (if `stop`) sends SIGTERM to the worker's group, waits up to kill_grace
+        for the worker to exit, then SIGKILLs what is left and reaps it."""
+        with self._lock:
+            self._all.discard(w)
+        grace = self.config.kill_grace
+
+        def reap() -> None:
+            if stop:
+                w.kill_group(signal.SIGTERM)
+            if w.exit_status(grace) is None:
+                self.log.warning("job %s: worker process %d still alive %gs after SIGTERM: SIGKILL",
+                                 self.config.name, w.pid, grace)
+            w.reap()
+        threading.Thread(target=reap, name=f"{self.config.name}-reap-{w.pid}", daemon=True).start()
+
+    # -- one run ---------------------------------------------------------------
+    def execute(self, job: UpqJob, jobid: int, timeout: float | None) -> Outcome:
+        """Run `job` in a worker process; every way that can end comes back as an Outcome."""
+        if self._closed:
+            threading.Event().wait()    # the daemon is exiting: the run is left to be re-run
+        cfg = self.config
+        t0 = time.monotonic()
+        for tries in range(3):
+            w = self._take()
+            try:
+                if not w.ready:
+                    problem = self._wait_ready(w)
+                    if problem:
+                        self._reaper(w, stop=True)
+                        return Outcome(OutcomeKind.FAILED, problem)
+                w.send(op="run", jobid=jobid, attempt=job.attempt, params=job.jobdata, paths=job.paths)
+            except WorkerGone:          # it died while idle: the job has not started, take another
+                self._reaper(w, stop=True)
+                continue
+            try:
+                return self._follow(w, job, cfg, None if timeout is None else t0 + timeout, timeout)
+            except WorkerGone:
+                return self._died(w, cfg)
+        return Outcome(OutcomeKind.FAILED, "worker processes keep dying before the run starts")
+
+    def _wait_ready(self, w: WorkerProc) -> str:
+        """'' once the worker has imported its module, else why it cannot run jobs."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            msg = w.receive(deadline - time.monotonic())
+            if msg is None:
+                break
+            if msg.get("op") == "ready":
+                w.ready = True
+                return ""
+            if msg.get("op") == "error":
+                return f"worker process could not start: {msg.get('msg')}"
+        return f"worker process did not start within {START_TIMEOUT:g} s"
+
+    def _follow(self, w: WorkerProc, job: UpqJob, cfg: JobConfig, deadline: float | None,
+                timeout: float | None) -> Outcome:
+        """Wait for the run's outcome, forwarding a cancel; stop the worker at a deadline."""
+        cancel_by: float | None = None
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.log.warning("job %s #%s: timed out after %gs; stopping worker process %d",
+                                 cfg.name, job.jobid, timeout, w.pid)
+                return self._stop_run(w, f"timeout: run() took longer than {timeout:g} s; "
+                                         "its worker process was stopped")
+            if job.cancelled and cancel_by is None:
+                w.send(op="cancel")
+                cancel_by = now + cfg.kill_grace
+            if cancel_by is not None and now >= cancel_by:
+                return self._stop_run(w, f"cancelled: run() did not return within kill_grace "
+                                         f"({cfg.kill_grace:g} s); its worker process was stopped")
+            ends = [t for t in (deadline, cancel_by) if t is not None]
+            wait = min([TICK] + [max(0.0, t - now) for t in ends])
+            msg = w.receive(wait)
+            if msg is None or msg.get("op") != "done":
+                continue
+            job.msg, job.result = msg.get("msg") or "", msg.get("result")
+            self._give_back(w, retire=bool(msg.get("retire")))
+            delay = msg.get("delay")
+            return Outcome(OutcomeKind(msg["kind"]), job.msg, job.result,
+                           delay=None if delay is None else float(delay))
+
+    def _stop_run(self, w: WorkerProc, why: str) -> Outcome:
+        self._reaper(w, stop=True)
+        self._refill()
+        return Outcome(OutcomeKind.FAILED, why)
+
+    def _died(self, w: WorkerProc, cfg: JobConfig) -> Outcome:
+        """The worker closed its socket mid-run: find out how it ended and replace it."""
+        status = w.exit_status(cfg.kill_grace + 1.0)
+        if self._closed:
+            w.reap() if status is not None else None
+            threading.Event().wait()    # close() stopped it: the daemon is exiting
+        if status is None:              # closed its socket but lives on: stop it
+            self._reaper(w, stop=True)
+            why = "worker process closed its connection to the daemon"
+        else:
+            with self._lock:
+                self._all.discard(w)
+            w.reap()
+            why = death_message(status, cfg)
+        self.log.warning("job %s: %s", cfg.name, why)
+        self._refill()
+        return Outcome(OutcomeKind.FAILED, why)
+
+    # -- life cycle ------------------------------------------------------------
+    def reconfigure(self, config: JobConfig) -> None:
+        """A reload: new settings and job code; idle workers are replaced now, busy ones after
+        their current run."""
+        with self._lock:
+            self.config = config
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for w in idle:
+            self._retire(w)
+        self._refill()
+
+    def close(self) -> None:
+        """The daemon is stopping (after shutdown_grace): stop every worker, busy or idle."""
+        with self._lock:
+            self._closed = True
+            workers, self._idle = list(self._all), []
+        for w in workers:
+            w.kill_group(signal.SIGTERM)
+        deadline = time.monotonic() + min(self.config.kill_grace, 5.0)
+        for w in workers:
+            w.exit_status(max(0.0, deadline - time.monotonic()))
+            w.kill_group(signal.SIGKILL)
+
+    def pids(self) -> Mapping[int, int]:
+        """pid -> runs done, of every worker process (for tests and the status of the type)."""
+        with self._lock:
+            return {w.pid: w.runs for w in self._all}

@@ -1,0 +1,149 @@
+"""The runner a process-isolated job type's worker process executes (isolation = process).
+
+Started by upqprocexec.ProcessExecutor as `python upqworker.py <fd> <init-json>`: a fresh
+interpreter, never a fork of the threaded daemon, so it inherits no database connection,
+socket or lock. It imports the job module once, then runs one job at a time as the daemon
+asks over the socketpair `fd` (newline-delimited JSON), and answers with the outcome.
+
+It is the leader of its own process group (the daemon starts it in a new session), so
+stopping the group also stops programs the job started. When the daemon dies (even by
+kill -9) the socket reaches EOF and the reader thread SIGKILLs the whole group: no orphans.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import resource
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+if __name__ == "__main__":      # run as a script: the project folder is sys.path[0] already
+    sys.modules.setdefault("upqworker", sys.modules["__main__"])
+
+from module_loader import load_job_class  # noqa: E402
+from upqerrors import ModuleLoadError  # noqa: E402
+from upqexec import run_job  # noqa: E402
+from upqjob import UpqJob  # noqa: E402
+from upqstates import OutcomeKind  # noqa: E402
+
+
+def memory_text(limit: int) -> str:
+    """1073741824 -> '1G': a byte count as the config file would write it."""
+    for suffix, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if limit % size == 0:
+            return f"{limit // size}{suffix}"
+    return str(limit)
+
+
+class Channel:
+    """The worker's end of the socketpair: lines of JSON; sends from any thread."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._send_lock = threading.Lock()
+        self._rfile = sock.makefile("rb")
+
+    def send(self, **msg: Any) -> None:
+        data = (json.dumps(msg, default=str, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def receive(self) -> dict | None:
+        """The next message, None at EOF (the daemon is gone)."""
+        line = self._rfile.readline()
+        return json.loads(line) if line else None
+
+
+class Worker:
+    """One worker process: the job class, the run queue, and the job now running."""
+
+    def __init__(self, chan: Channel, init: dict):
+        self.chan = chan
+        self.init = init
+        self.runs: queue.Queue[dict] = queue.Queue()
+        self.current: UpqJob | None = None      # set and read under the GIL only (a reference)
+        self.log = logging.getLogger(f"upq.worker.{init['name']}")
+
+    def reader(self) -> None:
+        """Daemon -> worker messages; at EOF the daemon has died: stop the whole group."""
+        while True:
+            try:
+                msg = self.chan.receive()
+            except (OSError, ValueError):
+                msg = None
+            if msg is None:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+                os._exit(1)      # not reached unless killpg was refused
+            if msg.get("op") == "run":
+                self.runs.put(msg)
+            elif msg.get("op") == "cancel" and self.current is not None:
+                self.current.cancelled = True
+            elif msg.get("op") == "exit":
+                os._exit(0)
+
+    def serve(self, cls: type[UpqJob]) -> None:
+        """Run jobs one at a time until told to exit (or a memory error leaves it suspect)."""
+        init = self.init
+        max_memory, max_cpu = int(init.get("max_memory") or 0), init.get("max_cpu")
+        while True:
+            req = self.runs.get()
+            if max_cpu:
+                used = resource.getrusage(resource.RUSAGE_SELF)
+                soft = int(used.ru_utime + used.ru_stime + float(max_cpu)) + 1
+                resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+            try:
+                job = cls(init["name"], init["options"], req["params"], req["paths"], host=None,
+                          logger=logging.getLogger(f"upq.job.{init['name']}"),
+                          jobid=req["jobid"], attempt=req["attempt"])
+                self.current = job
+                outcome = run_job(job, self.log)
+            except BaseException as exc:  # noqa: BLE001 - the constructor's bug is the run's failure
+                self.chan.send(op="done", kind=OutcomeKind.FAILED, msg=f"{type(exc).__name__}: {exc}",
+                               result=None, delay=None)
+                continue
+            finally:
+                self.current = None
+            memory_error = max_memory and outcome.kind == OutcomeKind.FAILED and \
+                outcome.msg.startswith("MemoryError")
+            msg = f"memory limit {memory_text(max_memory)} exceeded" if memory_error else outcome.msg
+            del job
+            try:
+                json.dumps(outcome.result, default=str)
+                result = outcome.result
+            except (TypeError, ValueError) as exc:
+                result = {"error": f"result is not JSON: {exc}"}
+            self.chan.send(op="done", kind=outcome.kind, msg=msg, result=result, delay=outcome.delay,
+                           retire=bool(memory_error))
+            if memory_error:
+                os._exit(0)     # the interpreter may be in a bad state: the daemon starts a fresh one
+
+
+def main(argv: list[str]) -> int:
+    """Import the job, set the limits, say ready, serve."""
+    fd, init = int(argv[1]), json.loads(argv[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the daemon decides when a worker stops
+    chan = Channel(socket.socket(fileno=fd))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s upq-worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    worker = Worker(chan, init)
+    try:
+        cls = load_job_class(init["jobs_dir"], init["name"])
+    except ModuleLoadError as exc:
+        chan.send(op="error", msg=exc.reason)
+        return 2
+    threading.Thread(target=worker.reader, name="worker-reader", daemon=True).start()
+    if init.get("max_memory"):
+        # after start-up, so the interpreter and the reader thread's stack fit
+        limit = int(init["max_memory"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    chan.send(op="ready", pid=os.getpid())
+    worker.serve(cls)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
