@@ -123,7 +123,7 @@ def test_cancel_of_a_job_that_ignores_it_stops_its_process(make_daemon: MakeDaem
 
 @SQLITE_ONLY
 def test_a_program_the_job_started_that_ignores_sigterm_is_not_left_behind(make_daemon: MakeDaemon) -> None:
-    d = crasher(make_daemon, timeout="1")
+    d = crasher(make_daemon, timeout="4")     # time for the job to start its child on a busy machine
     jobid = d.submit("crasher how:spawn")
     child = wait_for(lambda: spawned_children(d.read_records(), jobid), 20, "the job's child")[0]
     assert d.wait_job(jobid, 15)["state"] == "failed"
