@@ -156,7 +156,7 @@ class ProcessExecutor:
         cfg = self.config
         ours, theirs = socket.socketpair()
         init = {"jobs_dir": self.jobs_dir, "name": cfg.name, "options": dict(cfg.options),
-                "max_memory": cfg.max_memory, "max_cpu": cfg.max_cpu}
+                "max_memory": cfg.max_memory, "max_cpu": cfg.max_cpu, "capture": cfg.log_limit > 0}
         kwargs: dict[str, Any] = {}
         if self.user is not None:
             kwargs.update(user=self.user[0], group=self.user[1], extra_groups=[])
@@ -280,7 +280,14 @@ class ProcessExecutor:
             ends = [t for t in (deadline, cancel_by) if t is not None]
             wait = min([TICK] + [max(0.0, t - now) for t in ends])
             msg = w.receive(wait)
-            if msg is None or msg.get("op") != "done":
+            if msg is None:
+                continue
+            if msg.get("op") == "log":
+                alog = getattr(job, "_upq_log", None)
+                if alog is not None:
+                    alog.add(str(msg.get("text", "")))
+                continue
+            if msg.get("op") != "done":
                 continue
             job.msg, job.result = msg.get("msg") or "", msg.get("result")
             self._give_back(w, retire=bool(msg.get("retire")))

@@ -49,6 +49,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stats", "stats", "counts per job type and state"),
     Command("help", "help", "this text"),
     Command("reload", "reload", "re-read the [job] sections and reopen the log (like SIGHUP)"),
+    Command("log", "log <jobid> [attempt:<n>]", "what a run wrote (default: the latest attempt)"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)
@@ -289,3 +290,14 @@ def help_answer(jobs: dict[str, int]) -> str:
     commands["<job> ... @delay:<seconds> | @at:<ISO time>"] = "run the job no sooner than then"
     return ack_json({"commands": commands,
                      "jobs": {name: {"concurrent": n} for name, n in sorted(jobs.items())}})
+
+
+def log_args(req: Request) -> tuple[int, int | None]:
+    """`log <jobid> [attempt:<n>]`"""
+    jobid = jobid_arg(req, alone=False)
+    attempt: int | None = None
+    for key, value in req.args[1:]:
+        if key != "attempt" or value is None or attempt is not None:
+            raise BadRequest(f"usage: {USAGE['log']}")
+        attempt = int_arg(value, "attempt")
+    return jobid, attempt

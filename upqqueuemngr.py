@@ -30,6 +30,7 @@ from upqerrors import JobRejected, QueueStopped, UnknownJob
 from upqexec import Executor, ThreadExecutor
 from upqprocexec import ProcessExecutor, worker_user
 from upqjob import JobHost, UpqJob
+from upqjoblog import JobLogs
 from upqschema import JobRow, utcnow
 from upqslots import Run, Runs, Slots
 from upqstates import Outcome, OutcomeKind, RetryPolicy, State
@@ -109,9 +110,11 @@ class QueueManager:
     """Owns the job types, their queues, workers and slots, and the runs on this daemon."""
 
     def __init__(self, config: Config, db: Database, job_classes: Mapping[str, type[UpqJob]],
-                 logger: logging.Logger, node: str, hooks: Sequence[Hook] = ()):
+                 logger: logging.Logger, node: str, hooks: Sequence[Hook] = (),
+                 joblogs: JobLogs | None = None):
         self.config = config            # replaced whole by reconfigure
         self.db = db
+        self.joblogs = joblogs or JobLogs(db, logger)
         self.log = logger
         self.node = node
         self.runs = Runs()
@@ -129,6 +132,7 @@ class QueueManager:
     def start(self, host: JobHost) -> None:
         """Create each type's queue and start its workers; jobs they run submit through `host`."""
         self._host = host
+        self.joblogs.start()
         self.types = {name: self._start_type(cfg, self._classes[name])
                       for name, cfg in self.config.enabled_jobs().items()}
 
@@ -232,6 +236,7 @@ class QueueManager:
                 t.join(max(0.0, deadline - time.monotonic()))
         for jt in types:
             jt.executor.close()
+        self.joblogs.stop()
         return not any(t.is_alive() for jt in types for t in jt.slots.threads())
 
     @property
@@ -291,6 +296,10 @@ class QueueManager:
         if holds_slot:
             jt.slots.acquire(self._stopping.is_set)
         self.runs.begin(row.jobid, run)
+        alog = None
+        if jt.config.log_limit:
+            alog, job.logger = self.joblogs.begin(row.jobid, row.attempts, jt.config.log_limit, jt.logger)
+            job._upq_log = alog         # type: ignore[attr-defined]  (a process executor feeds it)
         t0 = time.perf_counter()
         try:
             outcome = jt.executor.execute(job, row.jobid, jt.config.timeout)
@@ -298,6 +307,8 @@ class QueueManager:
         finally:
             self.runs.end(row.jobid)
             jt.slots.finish(run)
+            if alog is not None:
+                self.joblogs.end(alog)
         return self._record(jt, row, outcome, job)
 
     @contextlib.contextmanager

@@ -59,6 +59,72 @@ class Channel:
         return json.loads(line) if line else None
 
 
+class ChannelLog(logging.Handler):
+    """A run's self.logger in the worker: each record goes to the daemon as a log line."""
+
+    def __init__(self, chan: Channel):
+        super().__init__(logging.DEBUG)
+        self.chan = chan
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.chan.send(op="log", text=self.format(record))
+        except Exception:  # noqa: BLE001 - a log line must never break the job
+            self.handleError(record)
+
+
+SENTINEL = b"\0upq-run-end\0\n"
+
+
+class Output:
+    """The worker's stdout and stderr (fds 1 and 2, so programs the job starts write there too)
+    go to a pipe; the `worker-output` thread sends what arrives to the daemon as log lines."""
+
+    def __init__(self, chan: Channel):
+        self.chan = chan
+        self.drained = threading.Event()
+        r, w = os.pipe()
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        os.close(w)
+        self.fd = r
+        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
+        threading.Thread(target=self._pump, name="worker-output", daemon=True).start()
+
+    def _pump(self) -> None:
+        buf = b""
+        while True:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            if len(buf) > 8192:                 # a very long line without a newline: send it in parts
+                lines.append(buf)
+                buf = b""
+            text = []
+            for line in lines:
+                if line + b"\n" == SENTINEL:
+                    self.drained.set()
+                else:
+                    text.append(line.decode("utf-8", "replace"))
+            if text:
+                self.chan.send(op="log", text="\n".join(text))
+
+    def drain(self) -> None:
+        """Wait (briefly) until what the run wrote so far has been sent."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        self.drained.clear()
+        os.write(1, SENTINEL)
+        self.drained.wait(2.0)
+
+
 class Worker:
     """One worker process: the job class, the run queue, and the job now running."""
 
@@ -67,6 +133,10 @@ class Worker:
         self.init = init
         self.runs: queue.Queue[dict] = queue.Queue()
         self.current: UpqJob | None = None      # set and read under the GIL only (a reference)
+        self.output: Output | None = None
+        self.job_log = logging.Logger(f"upq.job.{init['name']}")
+        self.job_log.addHandler(ChannelLog(chan))
+        self.job_log.propagate = False
         self.log = logging.getLogger(f"upq.worker.{init['name']}")
 
     def reader(self) -> None:
@@ -98,7 +168,7 @@ class Worker:
                 resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
             try:
                 job = cls(init["name"], init["options"], req["params"], req["paths"], host=None,
-                          logger=logging.getLogger(f"upq.job.{init['name']}"),
+                          logger=self.job_log,
                           jobid=req["jobid"], attempt=req["attempt"])
                 self.current = job
                 outcome = run_job(job, self.log)
@@ -108,6 +178,8 @@ class Worker:
                 continue
             finally:
                 self.current = None
+                if self.output is not None:
+                    self.output.drain()
             memory_error = max_memory and outcome.kind == OutcomeKind.FAILED and \
                 outcome.msg.startswith("MemoryError")
             msg = f"memory limit {memory_text(max_memory)} exceeded" if memory_error else outcome.msg
@@ -128,8 +200,12 @@ def main(argv: list[str]) -> int:
     fd, init = int(argv[1]), json.loads(argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the daemon decides when a worker stops
     chan = Channel(socket.socket(fileno=fd))
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s upq-worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    own_err = os.fdopen(os.dup(2), "w", buffering=1)     # the worker's own diagnostics
+    logging.basicConfig(level=logging.INFO, stream=own_err,
+                        format=f"%(asctime)s upq-worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
     worker = Worker(chan, init)
+    if init.get("capture"):
+        worker.output = Output(chan)
     try:
         cls = load_job_class(init["jobs_dir"], init["name"])
     except ModuleLoadError as exc:
