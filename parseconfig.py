@@ -22,6 +22,7 @@ from typing import Callable, Mapping, TypeVar
 from inifile import BadValue, host_port, octal_mode, port_number, read_ini, syslog_address
 from module_loader import job_name_problem
 from upqerrors import ConfigError
+from upqprocconfig import DEFAULT_KILL_GRACE, DEFAULT_LOG_LIMIT, isolation_keys
 
 __all__ = ["ConfigError", "Config", "JobConfig", "load_config"]
 
@@ -39,10 +40,6 @@ DEFAULT_DB_URL = "sqlite:///./var/upq.db"
 DEFAULT_SYSLOG_TAG = "upq"
 LOGLEVELS = ("debug", "info", "warning", "error")
 DURABILITIES = ("full", "normal")
-ISOLATIONS = ("thread", "process")
-DEFAULT_KILL_GRACE = 5.0
-DEFAULT_LOG_LIMIT = 65536
-PROCESS_ONLY_KEYS = ("max_memory", "max_cpu", "max_runs_per_process", "user")
 
 
 @dataclass(frozen=True)
@@ -298,24 +295,7 @@ class _Loader:
             retry_delay=s.number("retry_delay", DEFAULT_RETRY_DELAY, minimum=0.0),
             timeout=s.number("timeout", None, above=0.0),
             options=dict(values),
-            **self.isolation_keys(s),
-        )
-
-    def isolation_keys(self, s: _Section) -> dict:
-        """The process-isolation keys of a [job] section (issue 13); limits need isolation = process."""
-        isolation = s.choice("isolation", "thread", ISOLATIONS)
-        if isolation == "thread":
-            for key in PROCESS_ONLY_KEYS:
-                if s.values.get(key, "").strip():
-                    s.problem(key, "needs isolation = process")
-        return dict(
-            isolation=isolation,
-            kill_grace=s.number("kill_grace", DEFAULT_KILL_GRACE, minimum=0.0),
-            max_memory=s.parsed("max_memory", 0, _memory_size, "expected a size like 512M or 1G (K, M, G)"),
-            max_cpu=s.number("max_cpu", None, above=0.0),
-            max_runs_per_process=s.integer("max_runs_per_process", 0, minimum=0),
-            user=s.text("user", ""),
-            log_limit=s.integer("log_limit", DEFAULT_LOG_LIMIT, minimum=0),
+            **isolation_keys(s),
         )
 
 
@@ -413,17 +393,6 @@ def _notify_targets(raw: str) -> tuple[NotifyTarget, ...]:
         else:
             raise BadValue(f"unknown target {words[0]!r}")
     return tuple(targets)
-
-
-def _memory_size(raw: str) -> int:
-    """'1G' -> 1073741824; a plain number is bytes; at least 16M, so an interpreter fits."""
-    m = re.fullmatch(r"(\d+)\s*([KMG]?)B?", raw.strip().upper())
-    if not m:
-        raise ValueError
-    value = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
-    if value < 16 << 20:
-        raise BadValue("below 16M no Python interpreter starts")
-    return value
 
 
 def _looks_like_address(address: str) -> bool:

@@ -16,6 +16,8 @@ import sys
 import threading
 from typing import BinaryIO, Iterable, Mapping, NoReturn
 
+from upqclilog import show_log
+
 PROG = "upq-cli"
 DEFAULT_CONFIG = "./upq.cfg"
 CONNECT_TIMEOUT = 5.0       # seconds; a daemon that is up accepts at once
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "exit 0 only if it ended done")
     parser.add_argument("--json", action="store_true",
                         help="print only the JSON after ACK/ERR, indented")
+    parser.add_argument("-f", "--follow", action="store_true", help="log: follow a running job until it ends")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="give up waiting for an answer after SECONDS (with --wait: "
                              "how long the job may take); default: wait as long as it takes")
@@ -123,6 +126,8 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
+        if opts.command == "log" and not opts.json:
+            return show_log(conn.ask, line, opts.follow)
         return print_answer(conn.ask(line), opts.json)
     finally:
         conn.close()

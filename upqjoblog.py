@@ -105,8 +105,19 @@ class JobLogs:
             self._active[(jobid, attempt)] = alog
         return alog, lg
 
-    def end(self, alog: AttemptLog) -> None:
+    def attach(self, job: Any, jobid: int, attempt: int, limit: int, parent: logging.Logger) -> AttemptLog | None:
+        """Give a starting run its own logger and log (none with log_limit = 0); a process
+        executor feeds the worker's lines to `job._upq_log`."""
+        if not limit:
+            return None
+        alog, job.logger = self.begin(jobid, attempt, limit, parent)
+        job._upq_log = alog
+        return alog
+
+    def end(self, alog: AttemptLog | None) -> None:
         """The run has ended: its last lines are written (without waiting for the commit)."""
+        if alog is None:
+            return
         with self._lock:
             self._active.pop((alog.jobid, alog.attempt), None)
         alog.ended = True
@@ -124,7 +135,7 @@ class JobLogs:
         text, truncated = alog.snapshot()
         alog.written = True
         key = and_(job_logs.c.jobid == alog.jobid, job_logs.c.attempt == alog.attempt)
-        values = dict(text=text, truncated=int(truncated), running=int(not alog.ended))
+        values = dict(text=text, truncated=int(truncated), live=int(not alog.ended))
 
         def op(conn: Connection) -> None:
             if conn.execute(update(job_logs).where(key).values(**values)).rowcount == 0:

@@ -287,7 +287,7 @@ class ProcessExecutor:
                 if alog is not None:
                     alog.add(str(msg.get("text", "")))
                 continue
-            if msg.get("op") != "done":
+            if msg.get("op") != "outcome":
                 continue
             job.msg, job.result = msg.get("msg") or "", msg.get("result")
             self._give_back(w, retire=bool(msg.get("retire")))
@@ -346,3 +346,21 @@ class ProcessExecutor:
         """pid -> runs done, of every worker process (for tests and the status of the type)."""
         with self._lock:
             return {w.pid: w.runs for w in self._all}
+
+
+def process_executor(cfg: JobConfig, jobs_dir: str, log: logging.Logger, slots: Any) -> ProcessExecutor:
+    """The executor of an isolation = process type: as many idle workers as it has slots."""
+    return ProcessExecutor(cfg, jobs_dir, log, lambda: slots.size, worker_user(cfg.user))
+
+
+def reconfigured(executor: Any, old: JobConfig, new: JobConfig, make: Callable[[], Any]) -> Any:
+    """A reload: process workers take the new code and settings (idle ones now, busy ones after
+    their run); a changed isolation gets a new executor (`make`) and the old one drains."""
+    if new.isolation != old.isolation:
+        if isinstance(executor, ProcessExecutor):
+            executor.size = lambda: 0
+            executor.reconfigure(executor.config)
+        return make()
+    if isinstance(executor, ProcessExecutor):
+        executor.reconfigure(new)
+    return executor

@@ -28,7 +28,7 @@ from parseconfig import Config, JobConfig
 from upqdb import Database
 from upqerrors import JobRejected, QueueStopped, UnknownJob
 from upqexec import Executor, ThreadExecutor
-from upqprocexec import ProcessExecutor, worker_user
+from upqprocexec import process_executor, reconfigured
 from upqjob import JobHost, UpqJob
 from upqjoblog import JobLogs
 from upqschema import JobRow, utcnow
@@ -110,8 +110,7 @@ class QueueManager:
     """Owns the job types, their queues, workers and slots, and the runs on this daemon."""
 
     def __init__(self, config: Config, db: Database, job_classes: Mapping[str, type[UpqJob]],
-                 logger: logging.Logger, node: str, hooks: Sequence[Hook] = (),
-                 joblogs: JobLogs | None = None):
+                 logger: logging.Logger, node: str, hooks: Sequence[Hook] = (), joblogs: JobLogs | None = None):
         self.config = config            # replaced whole by reconfigure
         self.db = db
         self.joblogs = joblogs or JobLogs(db, logger)
@@ -150,8 +149,7 @@ class QueueManager:
 
     def _executor_for(self, cfg: JobConfig, queue: DBQueue, slots: Slots) -> Executor:
         if cfg.isolation == "process":
-            return ProcessExecutor(cfg, self.config.paths.jobs_dir, self.log, lambda: slots.size,
-                                   worker_user(cfg.user))
+            return process_executor(cfg, self.config.paths.jobs_dir, self.log, slots)
 
         def abandoned(jobid: int) -> None:
             slots.abandon()
@@ -180,7 +178,7 @@ class QueueManager:
                 changes.append(f"added {name}")
                 continue
             old = jt.config.concurrent
-            self._reconfigure_executor(jt, cfg)
+            jt.executor = reconfigured(jt.executor, jt.config, cfg, lambda: self._executor_for(cfg, jt.queue, jt.slots))
             jt.config, jt.cls = cfg, job_classes[name]
             if cfg.concurrent != old:
                 changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
@@ -189,18 +187,6 @@ class QueueManager:
                 jt.queue.resize(wanted_slots(cfg))      # extra workers notice and retire
         self.types = types
         return changes
-
-    def _reconfigure_executor(self, jt: JobType, cfg: JobConfig) -> None:
-        """A reload: process workers take the new code and settings (idle ones now, busy ones
-        after their run); a changed isolation gets a new executor, the old one drains."""
-        old = jt.executor
-        if cfg.isolation != jt.config.isolation:
-            jt.executor = self._executor_for(cfg, jt.queue, jt.slots)
-            if isinstance(old, ProcessExecutor):
-                old.size = lambda: 0
-                old.reconfigure(old.config)
-        elif isinstance(old, ProcessExecutor):
-            old.reconfigure(cfg)
 
     def set_peers(self, peers: int) -> None:
         """The heartbeat counted the other live daemons: lease ahead only while there are none."""
@@ -296,10 +282,7 @@ class QueueManager:
         if holds_slot:
             jt.slots.acquire(self._stopping.is_set)
         self.runs.begin(row.jobid, run)
-        alog = None
-        if jt.config.log_limit:
-            alog, job.logger = self.joblogs.begin(row.jobid, row.attempts, jt.config.log_limit, jt.logger)
-            job._upq_log = alog         # type: ignore[attr-defined]  (a process executor feeds it)
+        alog = self.joblogs.attach(job, row.jobid, row.attempts, jt.config.log_limit, jt.logger)
         t0 = time.perf_counter()
         try:
             outcome = jt.executor.execute(job, row.jobid, jt.config.timeout)
@@ -307,8 +290,7 @@ class QueueManager:
         finally:
             self.runs.end(row.jobid)
             jt.slots.finish(run)
-            if alog is not None:
-                self.joblogs.end(alog)
+            self.joblogs.end(alog)
         return self._record(jt, row, outcome, job)
 
     @contextlib.contextmanager

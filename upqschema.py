@@ -68,7 +68,7 @@ job_logs = Table(
     Column("attempt", Integer, primary_key=True, autoincrement=False),
     Column("text", _LongText, nullable=False),
     Column("truncated", Integer, nullable=False, default=0),
-    Column("running", Integer, nullable=False, default=1),
+    Column("live", Integer, nullable=False, default=1),       # 1 while the run goes on
 )
 
 meta = Table(

@@ -173,7 +173,7 @@ class Worker:
                 self.current = job
                 outcome = run_job(job, self.log)
             except BaseException as exc:  # noqa: BLE001 - the constructor's bug is the run's failure
-                self.chan.send(op="done", kind=OutcomeKind.FAILED, msg=f"{type(exc).__name__}: {exc}",
+                self.chan.send(op="outcome", kind=OutcomeKind.FAILED, msg=f"{type(exc).__name__}: {exc}",
                                result=None, delay=None)
                 continue
             finally:
@@ -189,7 +189,7 @@ class Worker:
                 result = outcome.result
             except (TypeError, ValueError) as exc:
                 result = {"error": f"result is not JSON: {exc}"}
-            self.chan.send(op="done", kind=outcome.kind, msg=msg, result=result, delay=outcome.delay,
+            self.chan.send(op="outcome", kind=outcome.kind, msg=msg, result=result, delay=outcome.delay,
                            retire=bool(memory_error))
             if memory_error:
                 os._exit(0)     # the interpreter may be in a bad state: the daemon starts a fresh one
