@@ -45,6 +45,7 @@ class WorkerProc:
         self.ready = False
         self.runs = 0
         self._buf = b""
+        self._send_lock = threading.Lock()      # the run's thread and its child-wait threads send
 
     @property
     def pid(self) -> int:
@@ -52,7 +53,8 @@ class WorkerProc:
 
     def send(self, **msg: Any) -> None:
         try:
-            self.sock.sendall((json.dumps(msg, default=str) + "\n").encode())
+            with self._send_lock:
+                self.sock.sendall((json.dumps(msg, default=str) + "\n").encode())
         except OSError as exc:
             raise WorkerGone(str(exc)) from exc
 
@@ -287,6 +289,9 @@ class ProcessExecutor:
                 if alog is not None:
                     alog.add(str(msg.get("text", "")))
                 continue
+            if msg.get("op") in ("submit", "wait_child"):
+                self._serve_call(w, job, msg)
+                continue
             if msg.get("op") != "outcome":
                 continue
             job.msg, job.result = msg.get("msg") or "", msg.get("result")
@@ -294,6 +299,36 @@ class ProcessExecutor:
             delay = msg.get("delay")
             return Outcome(OutcomeKind(msg["kind"]), job.msg, job.result,
                            delay=None if delay is None else float(delay))
+
+    def _serve_call(self, w: WorkerProc, job: UpqJob, msg: dict) -> None:
+        """A sub-job request of the run: submitted here; a wait on one (which lends the run's
+        slot, as in a thread) in a thread of its own, so the deadline and cancel still apply."""
+        children: dict[int, UpqJob] = job.__dict__.setdefault("_upq_children", {})
+        call = msg.get("call")
+        if msg["op"] == "submit":
+            try:
+                child = job.submit(str(msg.get("jobname")), dict(msg.get("params") or {}))
+            except Exception as exc:  # noqa: BLE001 - the refusal goes back to the job, as in a thread
+                w.send(op="reply", call=call, error=getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
+                return
+            assert child.jobid is not None
+            children[child.jobid] = child
+            w.send(op="reply", call=call, jobid=child.jobid)
+            return
+        child = children.get(int(msg.get("jobid") or 0))
+        if child is None:
+            w.send(op="reply", call=call, ended=False)
+            return
+        timeout = msg.get("timeout")
+
+        def wait() -> None:
+            ended = child.finished.wait(None if timeout is None else float(timeout))
+            try:
+                w.send(op="reply", call=call, ended=ended, msg=child.msg, result=child.result,
+                       state=getattr(child, "state", None))
+            except WorkerGone:
+                pass            # the run has ended meanwhile
+        threading.Thread(target=wait, name=f"{self.config.name}-childwait-{child.jobid}", daemon=True).start()
 
     def _stop_run(self, w: WorkerProc, why: str) -> Outcome:
         self._reaper(w, stop=True)

@@ -125,6 +125,52 @@ class Output:
         self.drained.wait(2.0)
 
 
+class RemoteFinished(threading.Event):
+    """`child.finished` in a worker: waiting asks the daemon, which lends the parent's slot."""
+
+    def __init__(self, worker: "Worker", child: "RemoteChild"):
+        super().__init__()
+        self._worker, self._child = worker, child
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        reply = self._worker.call("wait_child", jobid=self._child.jobid, timeout=timeout)
+        if not reply.get("ended"):
+            return False
+        self._child.msg, self._child.result, self._child.state = reply["msg"], reply["result"], reply["state"]
+        self.set()
+        return True
+
+
+class RemoteChild:
+    """A sub-job started from a worker process: what UpqJob.submit returns there."""
+
+    def __init__(self, worker: "Worker", jobname: str, jobid: int):
+        self.jobname, self.jobid = jobname, jobid
+        self.msg, self.result, self.state = "", None, None
+        self.finished = RemoteFinished(worker, self)
+
+    def __repr__(self) -> str:
+        return f"<sub-job {self.jobname} #{self.jobid}>"
+
+
+class WorkerHost:
+    """The JobHost of a job in a worker process: sub-jobs are asked of the daemon."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    def enqueue_from_check(self, job: UpqJob) -> int:
+        raise RuntimeError("enqueue_job() is for check(), which runs in the daemon")
+
+    def submit_child(self, parent: UpqJob, jobname: str, params: Any) -> RemoteChild:
+        reply = self.worker.call("submit", jobname=jobname, params=dict(params))
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return RemoteChild(self.worker, jobname, int(reply["jobid"]))
+
+
 class Worker:
     """One worker process: the job class, the run queue, and the job now running."""
 
@@ -134,6 +180,9 @@ class Worker:
         self.runs: queue.Queue[dict] = queue.Queue()
         self.current: UpqJob | None = None      # set and read under the GIL only (a reference)
         self.output: Output | None = None
+        self._calls: dict[int, tuple[threading.Event, list[dict]]] = {}     # under _calls_lock
+        self._calls_lock = threading.Lock()
+        self._next_call = 0
         self.job_log = logging.Logger(f"upq.job.{init['name']}")
         self.job_log.addHandler(ChannelLog(chan))
         self.job_log.propagate = False
@@ -153,8 +202,26 @@ class Worker:
                 self.runs.put(msg)
             elif msg.get("op") == "cancel" and self.current is not None:
                 self.current.cancelled = True
+            elif msg.get("op") == "reply":
+                with self._calls_lock:
+                    waiting = self._calls.pop(int(msg.get("call", -1)), None)
+                if waiting is not None:
+                    waiting[1].append(msg)
+                    waiting[0].set()
             elif msg.get("op") == "exit":
                 os._exit(0)
+
+    def call(self, op: str, **args: Any) -> dict:
+        """Ask the daemon something on behalf of the running job and wait for its reply."""
+        done: threading.Event = threading.Event()
+        box: list[dict] = []
+        with self._calls_lock:
+            self._next_call += 1
+            n = self._next_call
+            self._calls[n] = (done, box)
+        self.chan.send(op=op, call=n, **args)
+        done.wait()
+        return box[0]
 
     def serve(self, cls: type[UpqJob]) -> None:
         """Run jobs one at a time until told to exit (or a memory error leaves it suspect)."""
@@ -167,7 +234,7 @@ class Worker:
                 soft = int(used.ru_utime + used.ru_stime + float(max_cpu)) + 1
                 resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
             try:
-                job = cls(init["name"], init["options"], req["params"], req["paths"], host=None,
+                job = cls(init["name"], init["options"], req["params"], req["paths"], host=WorkerHost(self),
                           logger=self.job_log,
                           jobid=req["jobid"], attempt=req["attempt"])
                 self.current = job

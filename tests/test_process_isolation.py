@@ -175,3 +175,18 @@ def test_bad_isolation_settings_are_refused_at_start(make_daemon: MakeDaemon, op
     d.start(expect_ok=False)
     assert d.proc.wait(timeout=30) != 0
     assert problem in d.stderr(), d.stderr()
+
+
+def test_sub_jobs_from_a_process_job_at_concurrent_1(make_daemon: MakeDaemon) -> None:
+    d = make_daemon({"parentp": {"isolation": "process", "concurrent": "1"}, "hello": {}}, start=False)
+    src = (d.dir / "jobs" / "parent.py").read_text()
+    (d.dir / "jobs" / "parentp.py").write_text(src.replace("class Parent(", "class Parentp("))
+    d.start()
+    # a parentp whose child is a parentp (same type, one slot: the waiting parent must lend it)
+    job = d.wait_job(d.submit("parentp child:parentp child.child:hello child.child.name:you"), 40)
+    assert job["state"] == "done", job
+    inner = d.job(job["result"]["child"])
+    assert inner["state"] == "done" and inner["result"]["child_msg"] == job["result"]["child_result"]["child_msg"]
+    assert "you" in inner["result"]["child_msg"], inner
+    refused = d.wait_job(d.submit("parentp child:nosuchjob"), 20)
+    assert refused["state"] == "failed" and "nosuchjob" in refused["msg"], refused
