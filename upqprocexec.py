@@ -149,8 +149,11 @@ class ProcessExecutor:
         self._all: set[WorkerProc] = set()
         self._generation = 0
         self._closed = False
-        for _ in range(size()):
-            self._idle.append(self._start())
+        try:
+            for _ in range(size()):
+                self._idle.append(self._start())
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.log.error("job %s: cannot start a worker process: %s", config.name, exc)
 
     # -- the pool ------------------------------------------------------------
     def _start(self) -> WorkerProc:
@@ -193,7 +196,11 @@ class ProcessExecutor:
         with self._lock:
             short = 0 if self._closed else self.size() - len(self._idle)
         for _ in range(max(0, short)):
-            w = self._start()
+            try:
+                w = self._start()
+            except (OSError, subprocess.SubprocessError) as exc:
+                self.log.error("job %s: cannot start a worker process: %s", self.config.name, exc)
+                return
             with self._lock:
                 self._idle.append(w)
 
@@ -231,7 +238,10 @@ class ProcessExecutor:
         cfg = self.config
         t0 = time.monotonic()
         for tries in range(3):
-            w = self._take()
+            try:
+                w = self._take()
+            except (OSError, subprocess.SubprocessError) as exc:
+                return Outcome(OutcomeKind.FAILED, f"worker process could not start: {exc}")
             try:
                 if not w.ready:
                     problem = self._wait_ready(w)

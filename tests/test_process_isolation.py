@@ -190,3 +190,36 @@ def test_sub_jobs_from_a_process_job_at_concurrent_1(make_daemon: MakeDaemon) ->
     assert "you" in inner["result"]["child_msg"], inner
     refused = d.wait_job(d.submit("parentp child:nosuchjob"), 20)
     assert refused["state"] == "failed" and "nosuchjob" in refused["msg"], refused
+
+
+WHOAMI = '''import os
+from upqjob import UpqJob
+
+
+class Whoami(UpqJob):
+    def run(self):
+        self.result = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
+        return True
+'''
+
+
+@SQLITE_ONLY
+def test_user_runs_the_workers_as_that_user(make_daemon: MakeDaemon) -> None:
+    import pwd
+    import subprocess
+    import sys
+    if os.geteuid() != 0:
+        pytest.skip("needs a daemon running as root")
+    nobody = pwd.getpwnam("nobody")
+    d = make_daemon({"whoami": {"isolation": "process", "user": "nobody"}}, start=False)
+    (d.dir / "jobs" / "whoami.py").write_text(WHOAMI)
+    os.chmod(d.dir, 0o755)
+    can_run = subprocess.run(["su", "-s", "/bin/sh", "nobody", "-c", f"{sys.executable} -c pass"],
+                             capture_output=True).returncode == 0
+    d.start()
+    job = d.wait_job(d.submit("whoami"), 30)
+    if can_run:
+        assert job["state"] == "done", job
+        assert job["result"] == {"uid": nobody.pw_uid, "gid": nobody.pw_gid, "groups": []}, job
+    else:       # this machine's interpreter is out of nobody's reach: a clear failure, not a hang
+        assert job["state"] == "failed" and job["msg"].startswith("worker process could not start"), job
