@@ -4,22 +4,28 @@ AttemptLog collects one attempt's lines (from its own `self.logger`, and in a wo
 process its stdout and stderr), capped at the type's `log_limit` characters: past it
 the first and the last parts are kept with a marker between. JobLogs owns the
 `joblog-flush` thread, which writes the logs of running attempts about twice a second
-(so `log` shows lines of a running job) and once more when the run ends.
+(so `log` shows lines of a running job) and once more after the run ended, many
+logs per statement.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import threading
+import time
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from upqschema import job_logs
 
 FLUSH_INTERVAL = 0.5
 LINE_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+# built once (immutable): a short run's log is one INSERT at its end, a longer one's updates
+_INSERT = insert(job_logs)
+_UPDATE = update(job_logs).where(and_(job_logs.c.jobid == bindparam("b_jobid"),
+                                      job_logs.c.attempt == bindparam("b_attempt")))
 
 
 class AttemptLog(logging.Handler):
@@ -28,7 +34,7 @@ class AttemptLog(logging.Handler):
 
     def __init__(self, jobid: int, attempt: int, limit: int):
         super().__init__(logging.DEBUG)
-        self.setFormatter(LINE_FORMAT)
+        self._stamp: tuple[int, str] = (-1, "")
         self.jobid, self.attempt, self.limit = jobid, attempt, limit
         self._head: list[str] = []
         self._head_chars = 0
@@ -36,12 +42,21 @@ class AttemptLog(logging.Handler):
         self._tail_chars = 0
         self._cut_lines = self._cut_chars = 0
         self.dirty = False
-        self.written = False        # a row exists (or is on its way): the end is written too
+        self.written = False        # a row exists (or is on its way): later writes update it
         self.ended = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        """As LINE_FORMAT would write it, with the time stamp made once a second (a run's
+        logging is on its hot path)."""
         try:
-            self.add(self.format(record))
+            sec = int(record.created)
+            cached = self._stamp
+            if cached[0] != sec:
+                cached = self._stamp = (sec, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)))
+            line = f"{cached[1]},{int(record.msecs):03d} {record.levelname} {record.getMessage()}"
+            if record.exc_info:
+                line += "\n" + LINE_FORMAT.formatException(record.exc_info)
+            self.add(line)
         except Exception:  # noqa: BLE001 - a bad log call must not break the job
             self.handleError(record)
 
@@ -65,26 +80,28 @@ class AttemptLog(logging.Handler):
                     self._cut_chars += len(gone) + 1
             self.dirty = True
 
-    def snapshot(self) -> tuple[str, bool]:
-        """(text, truncated) as stored; clears `dirty`."""
+    def snapshot(self, clear: bool = True) -> tuple[str, bool]:
+        """(text, truncated) as stored; clears `dirty` (unless a read only looks)."""
         with self.lock:     # type: ignore[union-attr]
             lines = list(self._head)
             if self._cut_lines:
                 lines.append(f"[... {self._cut_lines} lines ({self._cut_chars} characters) left out: "
                              f"log_limit is {self.limit} ...]")
             lines.extend(self._tail)
-            self.dirty = False
+            self.dirty = self.dirty and not clear
             return "\n".join(lines), bool(self._cut_lines)
 
 
 class JobLogs:
-    """The logs of the runs on this daemon and their writes; `_lock` guards `_active`."""
+    """The logs of the runs on this daemon and their writes; `_lock` guards `_active` (runs
+    going on) and `_ended` (ended runs whose last lines are not committed yet)."""
 
     def __init__(self, db: Any, logger: logging.Logger):
         self.db = db
         self.log = logger
         self._lock = threading.Lock()
         self._active: dict[tuple[int, int], AttemptLog] = {}
+        self._ended: dict[tuple[int, int], AttemptLog] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="joblog-flush", daemon=True)
 
@@ -92,7 +109,9 @@ class JobLogs:
         self._thread.start()
 
     def stop(self) -> None:
+        """The daemon stops: what is not written yet goes to the writer (which commits it)."""
         self._stop.set()
+        self.flush()
 
     def begin(self, jobid: int, attempt: int, limit: int, parent: logging.Logger) -> tuple[AttemptLog, logging.Logger]:
         """A run starts: its log, and a logger of its own writing into it (and, as before, to
@@ -115,40 +134,66 @@ class JobLogs:
         return alog
 
     def end(self, alog: AttemptLog | None) -> None:
-        """The run has ended: its last lines are written (without waiting for the commit)."""
+        """The run has ended: its last lines are written with the next flush (reads see them
+        from memory until then)."""
         if alog is None:
             return
-        with self._lock:
-            self._active.pop((alog.jobid, alog.attempt), None)
+        key = (alog.jobid, alog.attempt)
         alog.ended = True
-        if alog.dirty or alog.written:
-            self._write(alog)
+        with self._lock:
+            self._active.pop(key, None)
+            if alog.dirty or alog.written:
+                self._ended[key] = alog
 
     def _flusher(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL):
-            with self._lock:
-                dirty = [a for a in self._active.values() if a.dirty]
-            for alog in dirty:
-                self._write(alog)
+            self.flush()
 
-    def _write(self, alog: AttemptLog) -> None:
-        text, truncated = alog.snapshot()
-        alog.written = True
-        key = and_(job_logs.c.jobid == alog.jobid, job_logs.c.attempt == alog.attempt)
-        values = dict(text=text, truncated=int(truncated), live=int(not alog.ended))
+    def flush(self) -> None:
+        """One write of every log that changed (many rows per statement, so the cost per run
+        is small); ended runs leave memory once it is committed."""
+        with self._lock:
+            logs = [a for a in self._active.values() if a.dirty] + list(self._ended.values())
+        inserts, updates = [], []
+        for alog in logs:
+            text, truncated = alog.snapshot()
+            values = dict(text=text, truncated=int(truncated), live=int(not alog.ended))
+            if alog.written:
+                updates.append(dict(b_jobid=alog.jobid, b_attempt=alog.attempt, **values))
+            else:
+                inserts.append(dict(jobid=alog.jobid, attempt=alog.attempt, **values))
+            alog.written = True
+        if not logs:
+            return
 
         def op(conn: Connection) -> None:
-            if conn.execute(update(job_logs).where(key).values(**values)).rowcount == 0:
-                conn.execute(insert(job_logs).values(jobid=alog.jobid, attempt=alog.attempt, **values))
-        fut = self.db.writer.submit(op)
-        fut.add_done_callback(lambda f: f.exception() is not None and self.log.warning(
-            "job %d attempt %d: log not stored: %s", alog.jobid, alog.attempt, f.exception()))
+            if inserts:
+                conn.execute(_INSERT, inserts)
+            if updates:
+                conn.execute(_UPDATE, updates)
+
+        def committed(f: Any) -> None:
+            if f.exception() is not None:
+                self.log.warning("%d job log(s) not stored: %s", len(logs), f.exception())
+            with self._lock:
+                for alog in logs:
+                    key = (alog.jobid, alog.attempt)
+                    if alog.ended and not alog.dirty and self._ended.get(key) is alog:
+                        del self._ended[key]
+        self.db.writer.submit(op).add_done_callback(committed)
 
     def read(self, jobid: int, attempt: int) -> dict[str, Any]:
-        """The stored log of one attempt of a job, as the `log` command answers it."""
-        def q(conn: Connection) -> Any:
-            return conn.execute(select(job_logs.c.text, job_logs.c.truncated).where(
-                and_(job_logs.c.jobid == jobid, job_logs.c.attempt == attempt))).first()
-        r = self.db._read(q)
-        return {"jobid": jobid, "attempt": attempt, "lines": r.text.split("\n") if r is not None and r.text else [],
-                "truncated": bool(r is not None and r.truncated)}
+        """One attempt's log, as the `log` command answers it: from memory while this daemon
+        has lines of it not committed yet, else from the database."""
+        with self._lock:
+            alog = self._active.get((jobid, attempt)) or self._ended.get((jobid, attempt))
+        if alog is not None:
+            text, truncated = alog.snapshot(clear=False)
+        else:
+            def q(conn: Connection) -> Any:
+                return conn.execute(select(job_logs.c.text, job_logs.c.truncated).where(
+                    and_(job_logs.c.jobid == jobid, job_logs.c.attempt == attempt))).first()
+            r = self.db._read(q)
+            text, truncated = ("", False) if r is None else (r.text, bool(r.truncated))
+        return {"jobid": jobid, "attempt": attempt, "lines": text.split("\n") if text else [],
+                "truncated": truncated}
