@@ -28,12 +28,15 @@ _UPDATE = update(job_logs).where(and_(job_logs.c.jobid == bindparam("b_jobid"),
                                       job_logs.c.attempt == bindparam("b_attempt")))
 
 
-class AttemptLog(logging.Handler):
-    """One attempt's capped lines; a logging.Handler so a job's logger writes straight into it.
-    Its fields are guarded by the Handler's own lock (`self.lock`)."""
+class AttemptLog:
+    """One attempt's capped lines. A job's logger writes straight into it: it has what a
+    logging handler needs (`level`, `handle`) without being registered with logging, which
+    would cost a global lock per run. Its fields are guarded by `lock`."""
+
+    level = logging.NOTSET
 
     def __init__(self, jobid: int, attempt: int, limit: int):
-        super().__init__(logging.DEBUG)
+        self.lock = threading.Lock()
         self._stamp: tuple[int, str] = (-1, "")
         self.jobid, self.attempt, self.limit = jobid, attempt, limit
         self._head: list[str] = []
@@ -45,7 +48,7 @@ class AttemptLog(logging.Handler):
         self.written = False        # a row exists (or is on its way): later writes update it
         self.ended = False
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def handle(self, record: logging.LogRecord) -> None:
         """As LINE_FORMAT would write it, with the time stamp made once a second (a run's
         logging is on its hot path)."""
         try:
@@ -58,12 +61,12 @@ class AttemptLog(logging.Handler):
                 line += "\n" + LINE_FORMAT.formatException(record.exc_info)
             self.add(line)
         except Exception:  # noqa: BLE001 - a bad log call must not break the job
-            self.handleError(record)
+            self.add(f"(a log call failed: {record.msg!r:.200} {record.args!r:.200})")
 
     def add(self, text: str) -> None:
         """Lines (text may hold several) at the end of the log, within log_limit."""
         half = self.limit // 2
-        with self.lock:     # type: ignore[union-attr]  (Handler.createLock made it)
+        with self.lock:
             for line in text.splitlines() or [""]:
                 cost = len(line) + 1
                 if not self._tail and self._head_chars + cost <= half:
@@ -82,7 +85,7 @@ class AttemptLog(logging.Handler):
 
     def snapshot(self, clear: bool = True) -> tuple[str, bool]:
         """(text, truncated) as stored; clears `dirty` (unless a read only looks)."""
-        with self.lock:     # type: ignore[union-attr]
+        with self.lock:
             lines = list(self._head)
             if self._cut_lines:
                 lines.append(f"[... {self._cut_lines} lines ({self._cut_chars} characters) left out: "
@@ -119,7 +122,7 @@ class JobLogs:
         alog = AttemptLog(jobid, attempt, limit)
         lg = logging.Logger(parent.name)
         lg.parent = parent
-        lg.addHandler(alog)
+        lg.handlers.append(alog)    # type: ignore[arg-type]  (see AttemptLog)
         with self._lock:
             self._active[(jobid, attempt)] = alog
         return alog, lg
