@@ -223,3 +223,36 @@ def test_user_runs_the_workers_as_that_user(make_daemon: MakeDaemon) -> None:
         assert job["result"] == {"uid": nobody.pw_uid, "gid": nobody.pw_gid, "groups": []}, job
     else:       # this machine's interpreter is out of nobody's reach: a clear failure, not a hang
         assert job["state"] == "failed" and job["msg"].startswith("worker process could not start"), job
+
+
+VERSIONED = '''import os
+import time
+
+from upqjob import UpqJob
+
+
+class Ver(UpqJob):
+    def run(self):
+        time.sleep(float(self.jobdata.get("seconds", "0")))
+        self.result = {{"pid": os.getpid(), "version": {version}}}
+        return True
+'''
+
+
+@SQLITE_ONLY
+def test_reload_replaces_idle_workers_now_and_busy_ones_after_their_run(make_daemon: MakeDaemon) -> None:
+    d = make_daemon({"ver": {"isolation": "process", "concurrent": "2"}}, start=False)
+    code = d.dir / "jobs" / "ver.py"
+    code.write_text(VERSIONED.format(version=1))
+    d.start()
+    first = d.wait_job(d.submit("ver"), 20)["result"]
+    busy = d.submit("ver seconds:3")
+    wait_for(lambda: d.job(busy)["state"] == "running", 10, "the long run to start")
+    code.write_text(VERSIONED.format(version=2))
+    assert d.ask("reload").startswith("ACK"), d.log()[-2000:]
+    after = d.wait_job(d.submit("ver"), 20)["result"]
+    assert after["version"] == 2 and after["pid"] != first["pid"], (first, after)
+    old = d.wait_job(busy, 20)
+    assert old["state"] == "done" and old["result"]["version"] == 1, old
+    wait_for(lambda: not alive(old["result"]["pid"]), 10, "the busy worker to be replaced after its run")
+    assert not alive(first["pid"])
