@@ -166,6 +166,8 @@ def start(d: Daemon) -> Running:
     notifier.start()
     manager.start(host=submitter)
     keeper.start()
+    from upqguard import PartitionGuard
+    PartitionGuard(lambda: keeper.renewed_at, srv.node_timeout / 2, manager, log).start()
     return Running(db, name_lock, notifier, manager, keeper, servers, reloader)
 
 

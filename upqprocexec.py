@@ -43,6 +43,7 @@ class WorkerProc:
         self.sock = sock
         self.generation = generation
         self.ready = False
+        self.fenced = ""            # why the partition guard killed it (its run is retried)
         self.runs = 0
         self._buf = b""
         self._send_lock = threading.Lock()      # the run's thread and its child-wait threads send
@@ -359,8 +360,10 @@ class ProcessExecutor:
                 self._all.discard(w)
             w.reap()
             why = death_message(status, cfg)
-        self.log.warning("job %s: %s", cfg.name, why)
+        self.log.warning("job %s: %s", cfg.name, w.fenced or why)
         self._refill()
+        if w.fenced:
+            return Outcome(OutcomeKind.RETRY, w.fenced, delay=0.0)
         return Outcome(OutcomeKind.FAILED, why)
 
     # -- life cycle ------------------------------------------------------------
@@ -386,6 +389,15 @@ class ProcessExecutor:
         for w in workers:
             w.exit_status(max(0.0, deadline - time.monotonic()))
             w.kill_group(signal.SIGKILL)
+
+    def fence(self, why: str) -> int:
+        """The partition guard: SIGKILL every busy worker now; their runs end as a retry."""
+        with self._lock:
+            busy = [w for w in self._all if w not in self._idle]
+        for w in busy:
+            w.fenced = why
+            w.kill_group(signal.SIGKILL)
+        return len(busy)
 
     def pids(self) -> Mapping[int, int]:
         """pid -> runs done, of every worker process (for tests and the status of the type)."""

@@ -1,5 +1,5 @@
 """Test job for process isolation: `how` = segv | exit | sleep | alloc | spin | spawn | ignorecancel
-| pid | ok | retry; records its start (and the pid it ran in)."""
+| alive | ok | retry; records its start (and the pid it ran in)."""
 import ctypes
 import os
 import signal
@@ -36,6 +36,12 @@ class Crasher(UpqJob):
         elif how == "ignorecancel":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             time.sleep(300)
+        elif how == "alive":
+            # records "alive" every 50 ms for `seconds` (default 300): when the run was last alive
+            deadline = time.monotonic() + float(self.jobdata.get("seconds", "300"))
+            while time.monotonic() < deadline:
+                self._record("alive")
+                time.sleep(0.05)
         elif how == "retry":
             if self.attempt < 2:
                 return self.retry("again", delay=0)
