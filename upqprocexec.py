@@ -237,7 +237,6 @@ class ProcessExecutor:
         if self._closed:
             threading.Event().wait()    # the daemon is exiting: the run is left to be re-run
         cfg = self.config
-        t0 = time.monotonic()
         for tries in range(3):
             try:
                 w = self._take()
@@ -253,6 +252,7 @@ class ProcessExecutor:
             except WorkerGone:          # it died while idle: the job has not started, take another
                 self._reaper(w, stop=True)
                 continue
+            t0 = time.monotonic()       # the timeout counts from the start of run(), as in a thread
             try:
                 return self._follow(w, job, cfg, None if timeout is None else t0 + timeout, timeout)
             except WorkerGone:

@@ -34,6 +34,7 @@ def started(d: Daemon, jobid: int, n: int = 1) -> list[dict]:
                     f"job {jobid} to start {n} time(s)")
 
 
+@SQLITE_ONLY
 def test_outcomes_come_back_as_with_threads_and_workers_are_reused(make_daemon: MakeDaemon) -> None:
     d = crasher(make_daemon)
     first = run(d, "ok")
@@ -54,6 +55,7 @@ def test_max_runs_per_process_replaces_the_worker(make_daemon: MakeDaemon) -> No
     assert pids[0] == pids[1] != pids[2] == pids[3], pids
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize(("how", "msg"), [
     ("segv", "worker process died: signal 11 (SIGSEGV)"),
     ("exit", "worker process died: exit code 3"),
@@ -96,6 +98,7 @@ def test_cpu_limit(make_daemon: MakeDaemon) -> None:
     assert job["state"] == "failed" and job["msg"].startswith("cpu limit 1 s exceeded"), job
 
 
+@SQLITE_ONLY
 def test_hard_timeout_frees_the_slot_and_the_retry_starts_at_once(make_daemon: MakeDaemon) -> None:
     d = crasher(make_daemon, concurrent="1", timeout="1", retries="1", retry_delay="0")
     jobid = d.submit("crasher how:sleep seconds:300")
@@ -177,6 +180,7 @@ def test_bad_isolation_settings_are_refused_at_start(make_daemon: MakeDaemon, op
     assert problem in d.stderr(), d.stderr()
 
 
+@SQLITE_ONLY
 def test_sub_jobs_from_a_process_job_at_concurrent_1(make_daemon: MakeDaemon) -> None:
     d = make_daemon({"parentp": {"isolation": "process", "concurrent": "1"}, "hello": {}}, start=False)
     src = (d.dir / "jobs" / "parent.py").read_text()
