@@ -46,6 +46,8 @@ class WorkerProc:
         self.fenced = ""            # why the partition guard killed it (its run is retried)
         self.runs = 0
         self._buf = b""
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         self._send_lock = threading.Lock()      # the run's thread and its child-wait threads send
 
     @property
@@ -64,7 +66,9 @@ class WorkerProc:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0:
+                return None
+            if not self._poll.poll(left * 1000):    # poll, not select: the daemon's fds may pass 1024
                 return None
             try:
                 chunk = self.sock.recv(1 << 16)
@@ -285,7 +289,7 @@ class ProcessExecutor:
                 return self._stop_run(w, f"timeout: run() took longer than {timeout:g} s; "
                                          "its worker process was stopped")
             if job.cancelled and cancel_by is None:
-                w.send(op="cancel")
+                w.send(op="cancel", jobid=job.jobid)
                 cancel_by = now + cfg.kill_grace
             if cancel_by is not None and now >= cancel_by:
                 return self._stop_run(w, f"cancelled: run() did not return within kill_grace "

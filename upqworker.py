@@ -179,6 +179,7 @@ class Worker:
         self.init = init
         self.runs: queue.Queue[dict] = queue.Queue()
         self.current: UpqJob | None = None      # set and read under the GIL only (a reference)
+        self.cancels: set[int] = set()          # jobids the daemon asked to cancel (reader thread adds)
         self.output: Output | None = None
         self._calls: dict[int, tuple[threading.Event, list[dict]]] = {}     # under _calls_lock
         self._calls_lock = threading.Lock()
@@ -200,8 +201,11 @@ class Worker:
                 os._exit(1)      # not reached unless killpg was refused
             if msg.get("op") == "run":
                 self.runs.put(msg)
-            elif msg.get("op") == "cancel" and self.current is not None:
-                self.current.cancelled = True
+            elif msg.get("op") == "cancel":
+                self.cancels.add(msg.get("jobid"))      # the job may not be built yet
+                job = self.current
+                if job is not None and job.jobid == msg.get("jobid"):
+                    job.cancelled = True
             elif msg.get("op") == "reply":
                 with self._calls_lock:
                     waiting = self._calls.pop(int(msg.get("call", -1)), None)
@@ -238,6 +242,7 @@ class Worker:
                           logger=self.job_log,
                           jobid=req["jobid"], attempt=req["attempt"])
                 self.current = job
+                job.cancelled = job.jobid in self.cancels
                 outcome = run_job(job, self.log)
             except BaseException as exc:  # noqa: BLE001 - the constructor's bug is the run's failure
                 self.chan.send(op="outcome", kind=OutcomeKind.FAILED, msg=f"{type(exc).__name__}: {exc}",
@@ -245,6 +250,7 @@ class Worker:
                 continue
             finally:
                 self.current = None
+                self.cancels.clear()
                 if self.output is not None:
                     self.output.drain()
             memory_error = max_memory and outcome.kind == OutcomeKind.FAILED and \
