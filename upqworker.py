@@ -11,14 +11,18 @@ kill -9) the socket reaches EOF and the reader thread SIGKILLs the whole group: 
 """
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import logging
 import os
 import queue
 import resource
+import select
 import signal
 import socket
 import sys
+import termios
 import threading
 from typing import Any
 
@@ -84,6 +88,8 @@ class Output:
     def __init__(self, chan: Channel):
         self.chan = chan
         self.drained = threading.Event()
+        self.lock = threading.Lock()    # guards busy, and the pump's reads
+        self.busy = False               # the pump holds bytes it has not sent yet
         r, w = os.pipe()
         os.dup2(w, 1)
         os.dup2(w, 2)
@@ -95,8 +101,13 @@ class Output:
 
     def _pump(self) -> None:
         buf = b""
+        poll = select.poll()
+        poll.register(self.fd, select.POLLIN)
         while True:
-            chunk = os.read(self.fd, 1 << 16)
+            poll.poll()
+            with self.lock:         # read and busy together: drain() sees the bytes in one or the other
+                chunk = os.read(self.fd, 1 << 16)
+                self.busy = True
             if not chunk:
                 return
             buf += chunk
@@ -112,6 +123,8 @@ class Output:
                     text.append(line.decode("utf-8", "replace"))
             if text:
                 self.chan.send(op="log", text="\n".join(text))
+            with self.lock:
+                self.busy = bool(buf)
 
     def drain(self) -> None:
         """Wait (briefly) until what the run wrote so far has been sent."""
@@ -120,6 +133,12 @@ class Output:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        pending = array.array("i", [0])
+        with self.lock:
+            fcntl.ioctl(self.fd, termios.FIONREAD, pending)
+            idle = not pending[0] and not self.busy
+        if idle:
+            return              # nothing written, nothing on its way: no round trip
         self.drained.clear()
         os.write(1, SENTINEL)
         self.drained.wait(2.0)
