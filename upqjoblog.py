@@ -117,11 +117,12 @@ class JobLogs:
         self.flush()
 
     def begin(self, jobid: int, attempt: int, limit: int, parent: logging.Logger) -> tuple[AttemptLog, logging.Logger]:
-        """A run starts: its log, and a logger of its own writing into it (and, as before, to
-        the daemon's log). The logger is not registered with logging, so it goes with the run."""
+        """A run starts: its log, and a logger of its own writing into it only (with log_limit = 0
+        a run logs to upq's log, as before). Not registered with logging: it goes with the run;
+        its level is the type logger's."""
         alog = AttemptLog(jobid, attempt, limit)
-        lg = logging.Logger(parent.name)
-        lg.parent = parent
+        lg = logging.Logger(parent.name, parent.getEffectiveLevel())
+        lg.propagate = False
         lg.handlers.append(alog)    # type: ignore[arg-type]  (see AttemptLog)
         with self._lock:
             self._active[(jobid, attempt)] = alog

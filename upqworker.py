@@ -262,7 +262,7 @@ class Worker:
                           jobid=req["jobid"], attempt=req["attempt"])
                 self.current = job
                 job.cancelled = job.jobid in self.cancels
-                outcome = run_job(job, self.log)
+                outcome = run_job(job, self.job_log)     # a traceback goes to the job's log
             except BaseException as exc:  # noqa: BLE001 - the constructor's bug is the run's failure
                 self.chan.send(op="outcome", kind=OutcomeKind.FAILED, msg=f"{type(exc).__name__}: {exc}",
                                result=None, delay=None)
