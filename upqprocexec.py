@@ -11,132 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from parseconfig import JobConfig
-from upqerrors import ConfigError
 from upqjob import UpqJob
 from upqstates import Outcome, OutcomeKind
-from upqworker import memory_text
+from upqworkerproc import WorkerGone, WorkerProc, death_message, serve_call, wait_ready, worker_user
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upqworker.py")
-START_TIMEOUT = 30.0        # seconds a fresh worker may take to import its job module
 TICK = 0.1                  # how often a waiting run looks at job.cancelled
-
-
-class WorkerGone(Exception):
-    """The worker closed its socket: it has died, or is about to."""
-
-
-class WorkerProc:
-    """One worker process and the daemon's end of its socketpair; used by one run at a time."""
-
-    def __init__(self, proc: subprocess.Popen, sock: socket.socket, generation: int):
-        self.proc = proc
-        self.sock = sock
-        self.generation = generation
-        self.ready = False
-        self.fenced = ""            # why the partition guard killed it (its run is retried)
-        self.runs = 0
-        self._buf = b""
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-        self._send_lock = threading.Lock()      # the run's thread and its child-wait threads send
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, **msg: Any) -> None:
-        try:
-            with self._send_lock:
-                self.sock.sendall((json.dumps(msg, default=str) + "\n").encode())
-        except OSError as exc:
-            raise WorkerGone(str(exc)) from exc
-
-    def receive(self, timeout: float) -> dict | None:
-        """The next message, None if none came within `timeout`; WorkerGone at EOF."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if not self._poll.poll(left * 1000):    # poll, not select: the daemon's fds may pass 1024
-                return None
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except OSError as exc:
-                raise WorkerGone(str(exc)) from exc
-            if not chunk:
-                raise WorkerGone("EOF")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def exit_status(self, wait: float) -> tuple[int, int] | None:
-        """(si_code, si_status) once the process has exited, without reaping it (its pid, and so
-        its process group id, stay reserved until `reap`); None if still alive after `wait`."""
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                res = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return (os.CLD_EXITED, self.proc.returncode or 0)
-            if res is not None:
-                return (res.si_code, res.si_status)
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.02)
-
-    def kill_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def reap(self) -> None:
-        """SIGKILL what is left of the group (programs the job started), then reap the leader."""
-        self.kill_group(signal.SIGKILL)
-        self.sock.close()
-        self.proc.wait()
-
-
-def death_message(status: tuple[int, int], config: JobConfig) -> str:
-    """How a worker process ended, in the words a user reads in the job's msg."""
-    code, value = status
-    if code == os.CLD_EXITED:
-        return f"worker process died: exit code {value}"
-    try:
-        name = signal.Signals(value).name
-    except ValueError:
-        name = "unknown signal"
-    if value == signal.SIGXCPU and config.max_cpu:
-        return f"cpu limit {config.max_cpu:g} s exceeded (worker process got signal {value} ({name}))"
-    text = f"worker process died: signal {value} ({name})"
-    if config.max_memory and value in (signal.SIGKILL, signal.SIGABRT):
-        text += f"; memory limit {memory_text(config.max_memory)} may have been exceeded"
-    return text
-
-
-def worker_user(name: str) -> tuple[int, int] | None:
-    """`user = name`: (uid, gid) to run a type's workers as; only a daemon running as root can."""
-    if not name:
-        return None
-    import pwd
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise ConfigError([f"user = {name}: no such user"]) from None
-    if os.geteuid() != 0:
-        raise ConfigError([f"user = {name}: the daemon must run as root to run workers as another user"])
-    return entry.pw_uid, entry.pw_gid
 
 
 class ProcessExecutor:
@@ -248,7 +137,7 @@ class ProcessExecutor:
                 return Outcome(OutcomeKind.FAILED, f"worker process could not start: {exc}")
             try:
                 if not w.ready:
-                    problem = self._wait_ready(w)
+                    problem = wait_ready(w)
                     if problem:
                         self._reaper(w, stop=True)
                         return Outcome(OutcomeKind.FAILED, problem)
@@ -262,20 +151,6 @@ class ProcessExecutor:
             except WorkerGone:
                 return self._died(w, cfg)
         return Outcome(OutcomeKind.FAILED, "worker processes keep dying before the run starts")
-
-    def _wait_ready(self, w: WorkerProc) -> str:
-        """'' once the worker has imported its module, else why it cannot run jobs."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            msg = w.receive(deadline - time.monotonic())
-            if msg is None:
-                break
-            if msg.get("op") == "ready":
-                w.ready = True
-                return ""
-            if msg.get("op") == "error":
-                return f"worker process could not start: {msg.get('msg')}"
-        return f"worker process did not start within {START_TIMEOUT:g} s"
 
     def _follow(self, w: WorkerProc, job: UpqJob, cfg: JobConfig, deadline: float | None,
                 timeout: float | None) -> Outcome:
@@ -305,7 +180,7 @@ class ProcessExecutor:
                     alog.add(str(msg.get("text", "")))
                 continue
             if msg.get("op") in ("submit", "wait_child"):
-                self._serve_call(w, job, msg)
+                serve_call(w, job, msg, cfg.name)
                 continue
             if msg.get("op") != "outcome":
                 continue
@@ -314,36 +189,6 @@ class ProcessExecutor:
             delay = msg.get("delay")
             return Outcome(OutcomeKind(msg["kind"]), job.msg, job.result,
                            delay=None if delay is None else float(delay))
-
-    def _serve_call(self, w: WorkerProc, job: UpqJob, msg: dict) -> None:
-        """A sub-job request of the run: submitted here; a wait on one (which lends the run's
-        slot, as in a thread) in a thread of its own, so the deadline and cancel still apply."""
-        children: dict[int, UpqJob] = job.__dict__.setdefault("_upq_children", {})
-        call = msg.get("call")
-        if msg["op"] == "submit":
-            try:
-                child = job.submit(str(msg.get("jobname")), dict(msg.get("params") or {}))
-            except Exception as exc:  # noqa: BLE001 - the refusal goes back to the job, as in a thread
-                w.send(op="reply", call=call, error=getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
-                return
-            assert child.jobid is not None
-            children[child.jobid] = child
-            w.send(op="reply", call=call, jobid=child.jobid)
-            return
-        child = children.get(int(msg.get("jobid") or 0))
-        if child is None:
-            w.send(op="reply", call=call, ended=False)
-            return
-        timeout = msg.get("timeout")
-
-        def wait() -> None:
-            ended = child.finished.wait(None if timeout is None else float(timeout))
-            try:
-                w.send(op="reply", call=call, ended=ended, msg=child.msg, result=child.result,
-                       state=getattr(child, "state", None))
-            except WorkerGone:
-                pass            # the run has ended meanwhile
-        threading.Thread(target=wait, name=f"{self.config.name}-childwait-{child.jobid}", daemon=True).start()
 
     def _stop_run(self, w: WorkerProc, why: str) -> Outcome:
         self._reaper(w, stop=True)
@@ -402,11 +247,6 @@ class ProcessExecutor:
             w.fenced = why
             w.kill_group(signal.SIGKILL)
         return len(busy)
-
-    def pids(self) -> Mapping[int, int]:
-        """pid -> runs done, of every worker process (for tests and the status of the type)."""
-        with self._lock:
-            return {w.pid: w.runs for w in self._all}
 
 
 def process_executor(cfg: JobConfig, jobs_dir: str, log: logging.Logger, slots: Any) -> ProcessExecutor:
