@@ -24,6 +24,7 @@ from module_loader import job_name_problem
 from upqerrors import ConfigError
 from upqjobkeys import Periodic, periodic_from, priority_from, unique_from
 from upqhttpconfig import HttpConfig, http_section
+from upqprocconfig import DEFAULT_KILL_GRACE, DEFAULT_LOG_LIMIT, isolation_keys
 
 __all__ = ["ConfigError", "Config", "JobConfig", "load_config"]
 
@@ -125,6 +126,13 @@ class JobConfig:
     periodic: "Periodic | None" = None      # schedule, schedule_tz, schedule_params, schedule_overlap
     unique: tuple[str, ...] = ()            # param names that make a job a duplicate ("*" = all)
     priority: int = 0                       # default priority of the type's jobs
+    isolation: str = "thread"       # thread | process (issue 13)
+    kill_grace: float = DEFAULT_KILL_GRACE  # process: seconds between SIGTERM and SIGKILL
+    max_memory: int = 0             # process: RLIMIT_AS in bytes; 0 = none
+    max_cpu: float | None = None    # process: CPU seconds per run (RLIMIT_CPU)
+    max_runs_per_process: int = 0   # process: replace a worker after that many runs; 0 = never
+    user: str = ""                  # process, daemon running as root: run workers as this user
+    log_limit: int = DEFAULT_LOG_LIMIT  # characters of log kept per attempt
 
 
 @dataclass(frozen=True)
@@ -317,6 +325,7 @@ class _Loader:
             periodic=periodic_from(values, s.problem),
             unique=unique_from(values, s.problem),
             priority=priority_from(values, s.problem),
+            **isolation_keys(s),
         )
 
 

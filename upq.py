@@ -216,6 +216,8 @@ def start(d: Daemon) -> Running:
         app = HttpApp(config.http.token, manager, db, metrics, log)
         add_dashboard(app, control)
         http = HttpServer(d.http_listener, app)
+    from upqguard import PartitionGuard
+    PartitionGuard(lambda: keeper.renewed_at, srv.node_timeout / 2, manager, log).start()
     return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler, pauses, retention,
                    http)
 

@@ -17,6 +17,7 @@ import threading
 from typing import BinaryIO, Iterable, Mapping, NoReturn
 
 from cfgpath import DEFAULT_CONFIG_HELP, SYSTEM_CONFIG, default_config
+from upqclilog import show_log
 
 PROG = "upq-cli"
 CONNECT_TIMEOUT = 5.0       # seconds; a daemon that is up accepts at once
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="print only the JSON after ACK/ERR, indented")
     parser.add_argument("--raw", action="store_true", help="print the protocol line even on a terminal")
+    parser.add_argument("-f", "--follow", action="store_true", help="log: follow a running job until it ends")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="give up waiting for an answer after SECONDS (with --wait: "
                              "how long the job may take); default: wait as long as it takes")
@@ -127,6 +129,8 @@ def run(opts: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return send_pipelined(conn, sys.stdin.buffer, opts.json)
         if opts.wait:
             return submit_and_wait(conn, line, opts)
+        if opts.command == "log" and not opts.json:
+            return show_log(conn.ask, line, opts.follow)
         return print_answer(conn.ask(line), opts.json, None if opts.raw else opts.command)
     finally:
         conn.close()

@@ -39,7 +39,7 @@ class Dispatcher:
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "status": self.status, "wait": self.wait, "list": self.list,
             "list_queue": self.list, "stats": self.stats, "help": self.help, "cancel": self.cancel,
-            "retry": self.retry, "reload": self.reload_config, "why": self.why,
+            "retry": self.retry, "reload": self.reload_config, "why": self.why, "log": self.log,
             "pause": self.pause, "resume": self.resume, "purge": self.purge,
         }
         self.handlers["schedules"] = self.schedules
@@ -107,6 +107,13 @@ class Dispatcher:
     def list(self, req: Request, gone: Gone) -> str:
         state, limit = proto.list_args(req)
         return proto.ack_json([proto.job_json(row) for row in self.control.list(state, limit)])
+
+    def log(self, req: Request, gone: Gone) -> str:
+        jobid, attempt = proto.log_args(req)
+        row, _ = self.control.status(jobid)           # UnknownJob for a job that does not exist
+        if attempt is not None and not 1 <= attempt <= max(1, row.attempts):
+            raise BadRequest(f"job {jobid} has had {row.attempts} attempt(s); there is no attempt {attempt}")
+        return proto.ack_json(self.manager.joblogs.read(jobid, row.attempts if attempt is None else attempt))
 
     def stats(self, req: Request, gone: Gone) -> str:
         return proto.ack_json(self.control.stats())

@@ -37,6 +37,7 @@ class NodeKeeper:
         self.on_cancel = on_cancel          # cancels sent to another daemon reach our runs
         self.on_peers = on_peers            # how many other daemons are alive, at every beat
         self.interval = min(1.0, timeout / 4)     # beats are cheap; frequent ones tell the living apart
+        self.renewed_at = time.monotonic()  # when the last heartbeat that committed was sent (PartitionGuard)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
         self.previous_state: str | None = None      # of this node's row before register()
@@ -88,7 +89,9 @@ class NodeKeeper:
                 # keep beating: the newcomer sees this node is alive and gives the name back
                 self.log.error("node name %r: its lock connection was cut and another daemon "
                                "holds the lock now; retrying", self.node)
+            sent = time.monotonic()
             before, peers = self.db.nodes.heartbeat(self.node)
+            self.renewed_at = sent
             self.on_peers(peers)
             if before == "dead":
                 self.log.warning("node %s was declared dead (paused or cut off for over %gs); its "

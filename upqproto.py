@@ -58,6 +58,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("purge", "purge <done|failed|cancelled> older:<duration> [type:<jobname>]",
             "delete ended jobs now; durations take s, m, h, d"),
     Command("why", "why <jobid>", "why the job is not running yet, or where it runs: a reason and a sentence"),
+    Command("log", "log <jobid> [attempt:<n>]", "what a run wrote (default: the latest attempt)"),
     Command("auth", "auth <token>", "TCP only: the first line of a connection", listed=False),
 )
 COMMAND_NAMES: frozenset[str] = frozenset(c.name for c in COMMANDS)
@@ -357,3 +358,14 @@ def help_answer(jobs: dict[str, int]) -> str:
     commands["<job> ... @priority:<n>"] = "-100..100, higher starts first (default: the type's priority)"
     return ack_json({"commands": commands,
                      "jobs": {name: {"concurrent": n} for name, n in sorted(jobs.items())}})
+
+
+def log_args(req: Request) -> tuple[int, int | None]:
+    """`log <jobid> [attempt:<n>]`"""
+    jobid = jobid_arg(req, alone=False)
+    attempt: int | None = None
+    for key, value in req.args[1:]:
+        if key != "attempt" or value is None or attempt is not None:
+            raise BadRequest(f"usage: {USAGE['log']}")
+        attempt = int_arg(value, "attempt")
+    return jobid, attempt

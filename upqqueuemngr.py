@@ -28,7 +28,9 @@ from parseconfig import Config, JobConfig
 from upqdb import Database
 from upqerrors import JobRejected, QueueStopped, UnknownJob
 from upqexec import Executor, ThreadExecutor
+from upqprocexec import process_executor, reconfigured
 from upqjob import JobHost, UpqJob
+from upqjoblog import JobLogs
 from upqschema import JobRow, utcnow
 from upqslots import Run, Runs, Slots
 from upqstates import Outcome, OutcomeKind, RetryPolicy, State
@@ -108,9 +110,10 @@ class QueueManager:
     """Owns the job types, their queues, workers and slots, and the runs on this daemon."""
 
     def __init__(self, config: Config, db: Database, job_classes: Mapping[str, type[UpqJob]],
-                 logger: logging.Logger, node: str, hooks: Sequence[Hook] = ()):
+                 logger: logging.Logger, node: str, hooks: Sequence[Hook] = (), joblogs: JobLogs | None = None):
         self.config = config            # replaced whole by reconfigure
         self.db = db
+        self.joblogs = joblogs or JobLogs(db, logger)
         self.log = logger
         self.node = node
         self.runs = Runs()
@@ -134,6 +137,7 @@ class QueueManager:
     def start(self, host: JobHost) -> None:
         """Create each type's queue and start its workers; jobs they run submit through `host`."""
         self._host = host
+        self.joblogs.start()
         self.types = {name: self._start_type(cfg, self._classes[name])
                       for name, cfg in self.config.enabled_jobs().items()}
 
@@ -152,6 +156,9 @@ class QueueManager:
         return jt
 
     def _executor_for(self, cfg: JobConfig, queue: DBQueue, slots: Slots) -> Executor:
+        if cfg.isolation == "process":
+            return process_executor(cfg, self.config.paths.jobs_dir, self.log, slots)
+
         def abandoned(jobid: int) -> None:
             slots.abandon()
             queue.hold_back(jobid)
@@ -179,6 +186,7 @@ class QueueManager:
                 changes.append(f"added {name}")
                 continue
             old = jt.config.concurrent
+            jt.executor = reconfigured(jt.executor, jt.config, cfg, lambda: self._executor_for(cfg, jt.queue, jt.slots))
             jt.config, jt.cls = cfg, job_classes[name]
             if cfg.concurrent != old:
                 changes.append(f"{name} concurrent {old} -> {cfg.concurrent}")
@@ -232,6 +240,7 @@ class QueueManager:
                 t.join(max(0.0, deadline - time.monotonic()))
         for jt in types:
             jt.executor.close()
+        self.joblogs.stop()
         return not any(t.is_alive() for jt in types for t in jt.slots.threads())
 
     @property
@@ -291,6 +300,7 @@ class QueueManager:
         if holds_slot:
             jt.slots.acquire(self._stopping.is_set)
         self.runs.begin(row.jobid, run)
+        alog = self.joblogs.attach(job, row.jobid, row.attempts, jt.config.log_limit, jt.logger)
         t0 = time.perf_counter()
         try:
             outcome = jt.executor.execute(job, row.jobid, jt.config.timeout)
@@ -298,6 +308,7 @@ class QueueManager:
         finally:
             self.runs.end(row.jobid)
             jt.slots.finish(run)
+            self.joblogs.end(alog)
         return self._record(jt, row, outcome, job)
 
     @contextlib.contextmanager

@@ -100,6 +100,17 @@ schedule_runs = Table(
     Column("node", String(255), nullable=True),
 )
 
+# a run's log (issue 13): what it wrote through self.logger (and, in a worker process, to
+# stdout/stderr), capped at the type's log_limit; one row per attempt, rewritten while it runs
+job_logs = Table(
+    "upq_job_logs", metadata,
+    Column("jobid", BigInteger, primary_key=True, autoincrement=False),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("text", _LongText, nullable=False),
+    Column("truncated", Integer, nullable=False, default=0),
+    Column("live", Integer, nullable=False, default=1),       # 1 while the run goes on
+)
+
 meta = Table(
     "upq_meta", metadata,
     Column("name", String(64), primary_key=True),

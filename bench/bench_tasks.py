@@ -97,5 +97,7 @@ class Noop(UpqJob):
                 while not os.path.exists(gate) and time.monotonic() < deadline:
                     time.sleep(0.01)
             _gate_open = True
+        for i in range(int(self.jobcfg.get("log_lines", "0"))):
+            self.logger.info("line %d", i)
         return True
 '''

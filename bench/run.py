@@ -14,6 +14,9 @@ Systems (columns), each on a fresh temp dir / database / Redis key space per wor
   huey-redis         huey RedisHuey (blocking=True default); consumer: 4 worker threads
   rq-simple          RQ on Redis, 4 SimpleWorker processes (one job at a time each)
   rq-fork            RQ on Redis, 4 default (forking) Worker processes
+  upq-process        upq-sqlite with isolation = process: 4 pre-started worker processes (issue 13)
+  upq-sqlite-log10   upq-sqlite with a job that writes 10 lines to self.logger (log capture cost)
+  upq-sqlite-log10-off  the same with log_limit = 0 (the lines go to upq's own log, as before)
 Redis here keeps nothing on disk (save "" and appendonly no are checked and printed), so
 huey-redis and RQ acknowledge before anything is durable.
 
@@ -80,7 +83,7 @@ from backlog import Conn, Daemon, MySQLScratch, mysql_reachable  # noqa: E402
 
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1/test"
 ALL_SYSTEMS = ("upq-sqlite", "upq-sqlite-normal", "upq-mariadb", "huey-sqlite", "huey-redis",
-               "rq-simple", "rq-fork")
+               "rq-simple", "rq-fork", "upq-process", "upq-sqlite-log10", "upq-sqlite-log10-off")
 WORKERS = 4
 CLIENTS = 8
 WINDOW = 1000                 # upq pipelining: lines per window
@@ -416,7 +419,10 @@ class UpqInstance(Instance):
             f"[db]\n{db}\n"
             "[server]\nallow_root = true\nshutdown_grace = 2\n\n"
             f"[job noop]\nenabled = true\nconcurrent = {WORKERS}\n"
-            f"gate = {self.gate}\nstamp = {self.stampfile}\n")
+            f"gate = {self.gate}\nstamp = {self.stampfile}\n"
+            + ("isolation = process\n" if sysname == "upq-process" else "")
+            + ("log_lines = 10\n" if "-log10" in sysname else "")
+            + ("log_limit = 0\n" if sysname.endswith("-log10-off") else ""))
         self.daemon = Daemon(wdir, cfg, str(wdir / "upq.sock"))
         self.startup_s = self.daemon.start()
         procs.procs.append(self.daemon.proc)       # killed by kill_all() if anything goes wrong
@@ -872,6 +878,13 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
     ratio("end-to-end, upq-sqlite", get("upq-sqlite", "e2e"), get("huey-redis", "e2e"), 2, "huey-redis end-to-end")
     limit("latency submit -> done p50 ms, upq-sqlite", get("upq-sqlite", "latency", "done_p50_ms"), 2.0)
     limit("latency submit -> done p99 ms, upq-sqlite", get("upq-sqlite", "latency", "done_p99_ms"), 10.0)
+    # issue 13: process isolation and per-job log capture
+    ratio("drain 4 workers, upq-process", get("upq-process", "drain"), get("rq-fork", "drain"), 10, "rq-fork drain")
+    ratio("drain 4 workers, upq-process", get("upq-process", "drain"), get("upq-sqlite", "drain"), 0.25,
+          "upq-sqlite (threads) drain")
+    limit("latency submit -> done p50 ms, upq-process", get("upq-process", "latency", "done_p50_ms"), 3.0)
+    ratio("drain 4 workers, 10 log lines a job", get("upq-sqlite-log10", "drain"), get("upq-sqlite", "drain"),
+          0.85, "upq-sqlite drain (no log lines)")
     md = raw.get("mariadb", {})
     ratio("enqueue 8 clients, upq-mariadb", get("upq-mariadb", "enqueue8"), md.get("commits_per_s"), 5,
           "MariaDB single-row commits/s")

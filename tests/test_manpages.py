@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import parseconfig
+import upqhttpconfig
 import upqjobkeys
 from conftest import ROOT, need_tool
 from upqproto import COMMAND_NAMES
@@ -36,6 +37,7 @@ def accepted_keys() -> dict[str, set[str]]:
     for name, value in vars(parseconfig).items():
         if m := re.fullmatch(r"_([A-Z]+)_KEYS", name):
             keys[m.group(1).lower()] = set(value)
+    keys["http"] = set(upqhttpconfig.HTTP_KEYS)         # [http] is read by upqhttpconfig.py
     keys["paths"] = {f.name for f in dataclasses.fields(parseconfig.PathsConfig)} - NOT_KEYS
     keys["job"] = {f.name for f in dataclasses.fields(parseconfig.JobConfig)} - NOT_KEYS - {"periodic"}
     keys["job"] |= set(upqjobkeys.SCHEDULE_KEYS)        # JobConfig.periodic holds these four

@@ -166,7 +166,7 @@ def test_reserved_names_are_refused_even_when_the_file_exists(tmp_path, name):
 def test_reserved_names_are_exactly_the_builtin_commands():
     assert RESERVED_NAMES == {"ping", "status", "wait", "cancel", "retry", "list", "list_queue",
                               "stats", "help", "auth", "reload", "schedules", "pause", "resume", "purge",
-                              "why"}
+                              "why", "log"}
     assert all(JOB_NAME_RE.match(name) for name in RESERVED_NAMES)
     assert job_name_problem("hello") is None
 
