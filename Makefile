@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
+# pytest-xdist workers for `make test` (TEST_WORKERS=0 runs in one process)
+TEST_WORKERS ?= 3
 
 .PHONY: run test check bench soak schedule-soak long clean wheel deb deb-deps deb-check browser-deps
 
@@ -25,7 +27,7 @@ run: $(STAMP)
 	$(PY) upq.py -c upq.cfg
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # the peers (huey, RQ, redis-py) are installed for `make bench` only, never for `make test`
 $(BENCH_STAMP): pyproject.toml $(STAMP)

@@ -5,7 +5,7 @@ It reads the job, the database's clock, the nodes (with the job types each runs,
 NodeStore.set_jobs) and the running jobs of the job's type, in one short read; what only this
 daemon knows (timed-out runs holding its type back) comes from the queue manager.
 Reason codes (SPEC): not_due, retry_wait, not_enabled, held_back, workers_busy, leased, queued;
-running, done, failed, cancelled. (No `paused` yet: pausing does not exist.)
+running, done, failed, cancelled; `paused` when its type is paused.
 """
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
                           due=due, seconds=round(wait, 1))
         return answer("not_due", f"job {jobid} is not due yet: it is due at {due} (in {_ago(wait)})",
                       due=due, seconds=round(wait, 1))
+    if manager.is_paused(row.jobname):
+        return answer("paused", f"job type {row.jobname} is paused (`resume {row.jobname}` ends it): "
+                      f"no daemon starts its jobs; job {jobid} waits in the queue")
     live = [n for n in seen.nodes if n["state"] == "alive" and n["age"] < node_timeout]
     runners = [n for n in live if row.jobname in n["jobs"]]
     if jt is not None and manager.node not in {n["node"] for n in runners}:

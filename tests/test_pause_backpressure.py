@@ -1,6 +1,7 @@
 """Pause and resume of a job type (stored, on every daemon, across restarts) and max_queued."""
 from __future__ import annotations
 
+import json
 import threading
 
 from conftest import MYSQL_ONLY, SQLITE_ONLY, wait_for
@@ -25,6 +26,8 @@ def test_paused_type_accepts_but_runs_nothing_until_resumed(make_daemon):
     assert d.wait_job(d.submit("hello name:again"))["state"] == "done"
     assert all(_state(d, i) == "new" for i in ids)
     assert d.starts() == {}
+    why = json.loads(d.ask(f"why {ids[0]}").split(" ", 1)[1])
+    assert why["reason"] == "paused" and "resume record" in why["text"], why
     assert d.ask("resume record") == "ACK"
     for i in ids:
         assert d.wait_job(i)["state"] == "done"
