@@ -381,10 +381,11 @@ def print_answer(answer: str, as_json: bool, table: str | None = None) -> int:
     table) and return the exit status."""
     if table == "schedules" and not as_json:
         from upqclisched import schedules_table
-        answer = schedules_table(answer) or answer
+        print(schedules_table(answer) or answer, flush=True)
     elif table and not as_json and __import__("upqtables").printed(table, answer, sys.stdout.isatty()):
         return EXIT_ACK
-    print(json_payload(answer) if as_json else answer, flush=True)
+    else:
+        print(json_payload(answer) if as_json else answer, flush=True)
     return EXIT_ACK if is_ack(answer) else EXIT_ERR
 
 

@@ -264,7 +264,10 @@ def test_sqlite_files_turned_unwritable_mid_run_get_err_not_a_crash(daemons) -> 
     acked = [d.submit(f"hello name:ok-{i}") for i in range(5)]
     for jobid in acked:
         assert d.wait_job(jobid)["state"] == "done"
-    files = [str(p) for p in d.dir.glob("upq.db*")]
+    # not the -shm file: SQLite maps it into memory, and a connection opened after it turned
+    # immutable (the daemon's reader threads open them at any time) dies of SIGBUS on its
+    # mapping, which a filesystem gone read-only under a running daemon does not do
+    files = [str(p) for p in d.dir.glob("upq.db*") if not p.name.endswith("-shm")]
     res = subprocess.run(["chattr", "+i", *files], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"chattr +i is not supported here: {res.stderr.strip()}")
