@@ -1,9 +1,10 @@
 """The ini file's syntax and plain values: reading the file with clear errors, and the
-parsers of ports, addresses and modes. parseconfig.py turns what this reads into Config."""
+parsers of ports, addresses, modes and notify targets. parseconfig.py turns what this reads into Config."""
 from __future__ import annotations
 
 import configparser
 import re
+from dataclasses import dataclass
 
 HEADER_RE = re.compile(r"^\s*\[(.+)\]")
 # A ";" or "#" after whitespace starts an inline comment, silently cutting a target list.
@@ -95,3 +96,47 @@ def duration(raw: str) -> float:
     if number != number or number < 0 or number in (float("inf"),):
         raise ValueError
     return number * (unit or 1)
+
+
+DEFAULT_SYSLOG_TAG = "upq"
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One place a finished job is reported to."""
+    kind: str                       # "syslog" or "mail"
+    tag: str = DEFAULT_SYSLOG_TAG   # syslog only
+    addresses: tuple[str, ...] = () # mail only
+
+
+TARGETS_HELP = "expected 'syslog [tag]' or 'mail <address> ...', several separated by ';'"
+
+
+def notify_targets(raw: str) -> tuple[NotifyTarget, ...]:
+    """'syslog ops; mail a@b.org, c@d.org' -> targets; ValueError names the bad one."""
+    targets = []
+    for piece in raw.split(";"):
+        words = piece.split()
+        if not words:
+            continue
+        kind, rest = words[0].lower(), piece.strip()[len(words[0]):]
+        if kind == "syslog":
+            if len(words) > 2:
+                raise BadValue(f"a syslog tag is one word: {piece.strip()!r}")
+            targets.append(NotifyTarget("syslog", tag=words[1] if len(words) == 2 else DEFAULT_SYSLOG_TAG))
+        elif kind == "mail":
+            addresses = tuple(a for a in re.split(r"[\s,]+", rest) if a)
+            if not addresses:
+                raise BadValue("mail needs at least one address")
+            for address in addresses:
+                if not looks_like_address(address):
+                    raise BadValue(f"{address!r} is not a mail address")
+            targets.append(NotifyTarget("mail", addresses=addresses))
+        else:
+            raise BadValue(f"unknown target {words[0]!r}")
+    return tuple(targets)
+
+
+def looks_like_address(address: str) -> bool:
+    local, at, domain = address.partition("@")
+    return bool(at and local and domain and "@" not in domain)

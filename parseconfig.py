@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
-from inifile import BadValue, duration, host_port, octal_mode, port_number, read_ini, syslog_address
+from inifile import (DEFAULT_SYSLOG_TAG, TARGETS_HELP, BadValue, NotifyTarget, duration, host_port, notify_targets,
+                     octal_mode, port_number, read_ini, syslog_address)
 from module_loader import job_name_problem
 from upqerrors import ConfigError
 from upqjobkeys import Periodic, periodic_from, priority_from, unique_from
@@ -39,17 +40,8 @@ DEFAULT_CONCURRENT = 1
 DEFAULT_RETRY_DELAY = 30.0
 DEFAULT_RETRIES = 0
 DEFAULT_DB_URL = "sqlite:///./var/upq.db"
-DEFAULT_SYSLOG_TAG = "upq"
 LOGLEVELS = ("debug", "info", "warning", "error")
 DURABILITIES = ("full", "normal")
-
-
-@dataclass(frozen=True)
-class NotifyTarget:
-    """One place a finished job is reported to."""
-    kind: str                       # "syslog" or "mail"
-    tag: str = DEFAULT_SYSLOG_TAG   # syslog only
-    addresses: tuple[str, ...] = () # mail only
 
 
 @dataclass(frozen=True)
@@ -311,8 +303,8 @@ class _Loader:
             name=name,
             enabled=s.boolean("enabled", False),
             concurrent=s.integer("concurrent", DEFAULT_CONCURRENT, minimum=0),
-            notify_fail=s.parsed("notify_fail", (), _notify_targets, _TARGETS_HELP),
-            notify_success=s.parsed("notify_success", (), _notify_targets, _TARGETS_HELP),
+            notify_fail=s.parsed("notify_fail", (), notify_targets, TARGETS_HELP),
+            notify_success=s.parsed("notify_success", (), notify_targets, TARGETS_HELP),
             retries=s.integer("retries", DEFAULT_RETRIES, minimum=0),
             retry_delay=s.number("retry_delay", DEFAULT_RETRY_DELAY, minimum=0.0),
             timeout=s.number("timeout", None, above=0.0),
@@ -396,35 +388,3 @@ class _Section:
 
 
 # ---------------------------------------------------------------- values
-
-_TARGETS_HELP = "expected 'syslog [tag]' or 'mail <address> ...', several separated by ';'"
-
-
-def _notify_targets(raw: str) -> tuple[NotifyTarget, ...]:
-    """'syslog ops; mail a@b.org, c@d.org' -> targets; ValueError names the bad one."""
-    targets = []
-    for piece in raw.split(";"):
-        words = piece.split()
-        if not words:
-            continue
-        kind, rest = words[0].lower(), piece.strip()[len(words[0]):]
-        if kind == "syslog":
-            if len(words) > 2:
-                raise BadValue(f"a syslog tag is one word: {piece.strip()!r}")
-            targets.append(NotifyTarget("syslog", tag=words[1] if len(words) == 2 else DEFAULT_SYSLOG_TAG))
-        elif kind == "mail":
-            addresses = tuple(a for a in re.split(r"[\s,]+", rest) if a)
-            if not addresses:
-                raise BadValue("mail needs at least one address")
-            for address in addresses:
-                if not _looks_like_address(address):
-                    raise BadValue(f"{address!r} is not a mail address")
-            targets.append(NotifyTarget("mail", addresses=addresses))
-        else:
-            raise BadValue(f"unknown target {words[0]!r}")
-    return tuple(targets)
-
-
-def _looks_like_address(address: str) -> bool:
-    local, at, domain = address.partition("@")
-    return bool(at and local and domain and "@" not in domain)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from upqdb import Database
     from upqengine import NodeNameLock
     from upqnodes import NodeKeeper
-    from upqcontrol import Completions
     from upqqueuemngr import QueueManager
     from upqschedule import Scheduler
     from upqserver import UpqServer
@@ -194,8 +193,9 @@ def start(d: Daemon) -> Running:
     keeper = NodeKeeper(db, name_lock, node, srv.node_timeout, log, on_requeue=manager.wake_all,
                         on_cancel=control.flag_cancelled, on_peers=manager.set_peers)
     keeper.register()
+    from upqcrashloop import interrupt_cap, interrupt_failed
     db.nodes.cap_for = lambda name: interrupt_cap(manager.config, name)
-    db.nodes.on_interrupt_failed = lambda rows: _interrupt_failed(manager, notifier, completions, rows)
+    db.nodes.on_interrupt_failed = lambda rows: interrupt_failed(manager, notifier, completions, rows)
     notifier.start()
     recovered = db.nodes.requeue_orphans(node, crashed=keeper.previous_state != "stopped")
     if recovered:
@@ -220,22 +220,6 @@ def start(d: Daemon) -> Running:
     PartitionGuard(lambda: keeper.renewed_at, srv.node_timeout / 2, manager, log).start()
     return Running(db, name_lock, notifier, manager, keeper, servers, reloader, scheduler, pauses, retention,
                    http)
-
-
-def interrupt_cap(config: Config, jobname: str) -> int:
-    """max_interrupted of a type: its own, else [server]'s."""
-    job = config.jobs.get(jobname)
-    own = None if job is None else job.max_interrupted
-    return config.server.max_interrupted if own is None else own
-
-
-def _interrupt_failed(manager: "QueueManager", notifier: "Notifier", completions: "Completions",
-                      rows: list) -> None:
-    """Jobs ended failed by the crash-loop cap are notified like any failure; waiters woken."""
-    from parseconfig import JobConfig
-    for row in rows:
-        notifier.job_ended(manager.config.jobs.get(row.jobname) or JobConfig(row.jobname, True), row)
-        completions.notify(row.jobid, row)
 
 
 class Reloader:

@@ -11,13 +11,19 @@ resets the count. An executor whose worker process was killed by a signal calls
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from upqschema import JobRow, jobs, row_from, utcnow
 from upqstates import State
+
+if TYPE_CHECKING:
+    from notify import Notifier
+    from parseconfig import Config
+    from upqcontrol import Completions
+    from upqqueuemngr import QueueManager
 
 CapFor = Callable[[str], int]   # jobname -> max_interrupted (0 = no cap; < 0: count nothing)
 
@@ -73,3 +79,19 @@ def record_interruption(write: Callable[[Callable[[Connection], Any]], Any], row
         conn.execute(update(jobs).where(*fence).values(**values))
         return row_from(conn.execute(select(jobs).where(jobs.c.jobid == row.jobid)).one())
     return write(op)
+
+
+def interrupt_cap(config: "Config", jobname: str) -> int:
+    """max_interrupted of a type: its own, else [server]'s."""
+    job = config.jobs.get(jobname)
+    own = None if job is None else job.max_interrupted
+    return config.server.max_interrupted if own is None else own
+
+
+def interrupt_failed(manager: "QueueManager", notifier: "Notifier", completions: "Completions",
+                     rows: list) -> None:
+    """Jobs ended failed by the crash-loop cap are notified like any failure; waiters woken."""
+    from parseconfig import JobConfig
+    for row in rows:
+        notifier.job_ended(manager.config.jobs.get(row.jobname) or JobConfig(row.jobname, True), row)
+        completions.notify(row.jobid, row)

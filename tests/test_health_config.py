@@ -38,7 +38,7 @@ def test_defaults_and_per_type_overrides(tmp_path: Path) -> None:
     a, b = cfg.jobs["a"], cfg.jobs["b"]
     assert (a.keep_done, a.max_interrupted, a.max_queued) == (None, None, 0)
     assert (b.keep_done, b.keep_failed, b.max_interrupted, b.max_queued) == (3600, None, 0, 5)
-    from upq import interrupt_cap
+    from upqcrashloop import interrupt_cap
     from upqretention import keep_for
     from upqstates import State
     assert keep_for(cfg, b, State.DONE) == 3600 and keep_for(cfg, b, State.FAILED) == 2592000

@@ -98,7 +98,7 @@ def row(jobid: int = 42, state: str = "failed", msg: str = "failed on purpose: x
 
 
 def job(fail: str = "", success: str = "") -> JobConfig:
-    from parseconfig import _notify_targets
+    from inifile import notify_targets as _notify_targets
     return JobConfig(name="hello", enabled=True, notify_fail=_notify_targets(fail) if fail else (),
                      notify_success=_notify_targets(success) if success else ())
 
