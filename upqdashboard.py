@@ -84,7 +84,7 @@ class Dashboard:
             minute, hour = recent.get(name, (0, 0))
             types.append({"name": name, **{str(s): per.get(s, 0) for s in SHOWN}, "busy": busy,
                           "workers": jt.config.concurrent if jt else 0, "oldest": ago(oldest.get(name)),
-                          "minute": minute, "hour": hour})
+                          "minute": minute, "hour": hour, "paused": manager.is_paused(name)})
         now = utcnow()
         nodes = []
         for n in db.list_nodes():

@@ -10,7 +10,7 @@ header{background:#234;color:#fff;padding:.5em 1em;display:flex;gap:1em;flex-wra
 header a{color:#fff;text-decoration:none}header form{margin-left:auto}
 main{padding:1em;max-width:1100px}
 table{border-collapse:collapse;width:100%;background:#fff}
-th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top;word-break:break-word}
+th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top;overflow-wrap:break-word}
 tr.failed td{background:#fde8e8}.state-failed{color:#b00;font-weight:bold}
 .box{background:#fff;border:1px solid #ddd;padding:1em;margin:1em 0}
 .note{background:#eef6ee;border:1px solid #9c9;padding:.6em}.err{background:#fde8e8;border-color:#c99}
@@ -60,7 +60,7 @@ OVERVIEW = """{% extends "base.html" %}{% block title %}Overview{% endblock %}{%
 <table><tr><th>type</th><th>queued</th><th>running</th><th>done</th><th>failed</th><th>cancelled</th>
 <th>workers busy</th><th>oldest due</th><th>finished 1 min / 1 h</th><th></th></tr>
 {% for t in types %}<tr class="{{ 'failed' if t.failed else '' }}">
-<td><a href="/jobs?type={{ t.name|urlencode }}">{{ t.name }}</a></td>
+<td><a href="/jobs?type={{ t.name|urlencode }}">{{ t.name }}</a>{% if t.paused %} <strong>paused</strong>{% endif %}</td>
 <td><a href="/jobs?type={{ t.name|urlencode }}&state=new">{{ t.new }}</a></td>
 <td><a href="/jobs?type={{ t.name|urlencode }}&state=running">{{ t.running }}</a></td>
 <td>{{ t.done }}</td>

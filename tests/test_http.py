@@ -132,6 +132,20 @@ def test_a_due_job_waiting_shows_its_age(make_daemon) -> None:
         (d.dir / "gate.open").touch()
 
 
+def test_the_overview_marks_a_paused_type(make_daemon) -> None:
+    d, port = http_daemon(make_daemon, JOBS)
+    b = Browser(port)
+
+    def record_row() -> str:
+        page = b.get("/", headers=BEARER).body
+        return page[page.index('<a href="/jobs?type=record">'):].split("</tr>")[0]
+    assert "paused" not in record_row()
+    assert d.ask("pause record") == "ACK"
+    wait_for(lambda: "<strong>paused</strong>" in record_row(), 15, "the overview to show the pause")
+    assert d.ask("resume record") == "ACK"
+    wait_for(lambda: "paused" not in record_row(), 15, "the overview to show the pause ended")
+
+
 @SQLITE_ONLY
 def test_dashboard_login_sets_a_strict_httponly_cookie(make_daemon) -> None:
     d, port = http_daemon(make_daemon, JOBS)
