@@ -6,6 +6,7 @@ them, so 100,000 jobs never hold the writer (and every other client) for long.
 from __future__ import annotations
 
 import time
+from typing import Any, Mapping
 
 from sqlalchemy import select, update
 
@@ -14,15 +15,9 @@ from upqerrors import UnknownJob
 from upqpause import Pauses, known_types
 from upqqueuemngr import QueueManager
 from upqretention import BATCH, PAUSE_BETWEEN, purge
-from upqruns import CANCELLED_BEFORE_RUN
-from upqschema import jobs, utcnow
+from upqruns import RETRIED, cancelled_before_run
+from upqschema import jobs
 from upqstates import State
-
-# what `retry` sets (Database.retry does the same for one job, and gives a unique job its key
-# back; a bulk retry leaves unique_key NULL, so a batch never fails on an active twin)
-RETRIED = dict(state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0,
-               cancel_requested=0, interrupted=0)
-
 
 class Admin:
     """Carries out the commands that act on a job type rather than one job."""
@@ -63,7 +58,7 @@ class Admin:
         self._known(jobname)
         return self._batches(jobname, State.NEW, None)
 
-    def _batches(self, jobname: str, state: State, values: dict | None) -> int:
+    def _batches(self, jobname: str, state: State, values: Mapping[str, Any] | None) -> int:
         pick = (select(jobs.c.jobid).where(jobs.c.jobname == jobname, jobs.c.state == state)
                 .order_by(jobs.c.jobid).limit(BATCH))
         total, after = 0, 0
@@ -72,8 +67,7 @@ class Admin:
             if not ids:
                 return total
             after = ids[-1]
-            change = values or dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN,
-                                   unique_key=None)
+            change = values or cancelled_before_run()
             total += self.db.write(lambda conn: conn.execute(
                 update(jobs).where(jobs.c.jobid.in_(ids), jobs.c.state == state).values(**change)).rowcount)
             if len(ids) < BATCH:

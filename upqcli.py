@@ -377,15 +377,12 @@ def feed_lines(conn: Connection, lines: Iterable[bytes], sent: "queue.Queue[bool
 # --- printing ------------------------------------------------------------------
 
 def print_answer(answer: str, as_json: bool, table: str | None = None) -> int:
-    """Print one answer (its JSON indented; `schedules` as a table, and on a terminal `table`'s
-    table) and return the exit status."""
-    if table == "schedules" and not as_json:
-        from upqclisched import schedules_table
-        print(schedules_table(answer) or answer, flush=True)
-    elif table and not as_json and __import__("upqtables").printed(table, answer, sys.stdout.isatty()):
+    """Print one answer (its JSON indented, or as the table of command `table`: upqtables) and
+    return the exit status."""
+    import upqtables
+    if table and not as_json and upqtables.printed(table, answer, sys.stdout.isatty()):
         return EXIT_ACK
-    else:
-        print(json_payload(answer) if as_json else answer, flush=True)
+    print(json_payload(answer) if as_json else answer, flush=True)
     return EXIT_ACK if is_ack(answer) else EXIT_ERR
 
 

@@ -77,10 +77,7 @@ class Dashboard:
         types = []
         for name in sorted(set(counts) | set(manager.types)):
             per, jt = counts.get(name, {}), manager.types.get(name)
-            busy = 0
-            if jt is not None:
-                with jt.slots._cond:        # noqa: SLF001 - one consistent look
-                    busy = jt.slots.active
+            busy = jt.slots.busy()[0] if jt is not None else 0
             minute, hour = recent.get(name, (0, 0))
             types.append({"name": name, **{str(s): per.get(s, 0) for s in SHOWN}, "busy": busy,
                           "workers": jt.config.concurrent if jt else 0, "oldest": ago(oldest.get(name)),

@@ -22,7 +22,7 @@ from upqcrashloop import CapFor, requeue_interrupted
 from upqcounts import read_counts
 from upqengine import Clock, create_schema, is_sqlite, make_engine
 from upqerrors import DatabaseUnavailable
-from upqruns import CANCELLED_BEFORE_RUN, FinishRun, StartRun, claim_rows, release_leases
+from upqruns import RETRIED, FinishRun, StartRun, cancelled_before_run, claim_rows, release_leases
 from upqschema import JobRow, iso, jobs, nodes, row_from, utcnow
 from upqstates import QUEUED, CancelEffect, Outcome, RetryPolicy, State, can_retry, cancel_effect, shown
 from upqunique import find_twin
@@ -236,16 +236,14 @@ class Database:
     def cancel(self, jobid: int, node: str, withdrawn: bool) -> tuple[State, JobRow] | None:
         """Cancel as upqstates.cancel_effect says: a queued job at once, a running one flagged
         (`withdrawn`: a job leased by this node was taken out of its queue); (state before, row)."""
-        effects = {CancelEffect.NOW: dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN,
-                                          unique_key=None),
+        effects = {CancelEffect.NOW: cancelled_before_run(),
                    CancelEffect.FLAG: dict(cancel_requested=1)}
         return self._change_by_state(
             jobid, lambda state, holder: effects.get(cancel_effect(state, withdrawn and holder == node)))
 
     def retry(self, jobid: int) -> tuple[State, JobRow] | None:
         """Queue a failed or cancelled job again with a fresh retries budget; (state before, row)."""
-        again = dict(state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0,
-                     cancel_requested=0, unique_key=jobs.c.unique_digest, interrupted=0)
+        again = dict(RETRIED, unique_key=jobs.c.unique_digest)
         return self._change_by_state(jobid, lambda state, _node: again if can_retry(state) else None)
 
     def _change_by_state(self, jobid: int, change: Callable[[str, str | None], dict[str, Any] | None]

@@ -76,9 +76,7 @@ class UpqCollector(Collector):
         busy = GaugeMetricFamily("upq_workers_busy", "Workers of this daemon running a job, by type", labels=["jobname"])
         total = GaugeMetricFamily("upq_workers", "Workers of this daemon (concurrent), by type", labels=["jobname"])
         for name, jt in sorted(types.items()):
-            with jt.slots._cond:        # noqa: SLF001 - one consistent look at the counters
-                active = jt.slots.active
-            busy.add_metric([name], active)
+            busy.add_metric([name], jt.slots.busy()[0])
             total.add_metric([name], jt.config.concurrent)
         yield busy
         yield total

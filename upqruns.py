@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.engine import Connection
@@ -21,6 +22,17 @@ from upqschema import JobRow, cap_msg, encode_result, jobs, row_from, utcnow
 from upqstates import Outcome, RetryPolicy, State, after_run, final_state, is_final
 
 CANCELLED_BEFORE_RUN = "cancelled before it ran"
+# what `retry` sets (one job, or every failed job of a type); Database.retry also gives a
+# unique job its key back
+RETRIED: Mapping[str, Any] = MappingProxyType(dict(
+    state=State.NEW, run_after=None, fell_due=None, late=1, finished=None, retries_used=0, cancel_requested=0,
+    interrupted=0))
+
+
+def cancelled_before_run() -> dict[str, Any]:
+    """The values of a queued or leased job cancelled before it started (its unique key freed)."""
+    return dict(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN, unique_key=None)
+
 
 # A run's outcome (state, msg, result, finished), fenced on the run (b_node, and b_jobid with
 # b_attempts); a flagged cancel makes it miss.
@@ -190,7 +202,7 @@ def release_leases(conn: Connection, *where: Any, crashed: bool = False) -> int:
     meanwhile. `crashed`: their daemon died, and a worker may have begun one whose start
     was not committed yet, so `attempts` counts one up (it never undercounts runs started)."""
     conn.execute(update(jobs).where(jobs.c.state == State.LEASED, jobs.c.cancel_requested == 1, *where)
-                 .values(state=State.CANCELLED, finished=utcnow(), msg=CANCELLED_BEFORE_RUN, unique_key=None))
+                 .values(**cancelled_before_run()))
     values: dict[str, Any] = dict(state=State.NEW, node=None)
     if crashed:
         values["attempts"] = jobs.c.attempts + 1

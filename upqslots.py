@@ -50,6 +50,11 @@ class Slots:
         with self._cond:
             return list(self._threads)
 
+    def busy(self) -> tuple[int, int, int]:
+        """(active, abandoned, size) in one look, for metrics, the dashboard and `why`."""
+        with self._cond:
+            return self.active, self.abandoned, self.size
+
     def try_retire(self) -> bool:
         """An extra worker (its lender resumed, or the type shrank) leaves: True if it should."""
         with self._cond:

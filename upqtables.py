@@ -102,10 +102,22 @@ def _help(payload: dict[str, Any], width: int) -> str:
     return cmds + "\n\n" + jobs
 
 
+SCHEDULE_COLUMNS = ["jobname", "schedule", "tz", "next", "last", "last_jobid", "last_state", "last_note"]
+
+
+def _schedules(rows: list[dict[str, Any]], width: int) -> str:
+    if not rows:
+        return "no periodic job types enabled"
+    cells = [["-" if r.get(c) in (None, "") else r[c] for c in SCHEDULE_COLUMNS] for r in rows]
+    return table(SCHEDULE_COLUMNS, cells, width)
+
+
 RENDERERS: dict[str, Callable[[Any, int], str]] = {
     "list": _list, "list_queue": _list, "stats": _stats, "status": _status, "help": _help,
-    "why": lambda w, width: str(w["text"]),
+    "why": lambda w, width: str(w["text"]), "schedules": _schedules,
 }
+# drawn into a pipe too, at full width: `why` (SPEC) and `schedules` (--json gives the JSON)
+INTO_PIPES = {"why", "schedules"}
 
 
 def render(command: str, answer: str, width: int = 80) -> str | None:
@@ -120,12 +132,12 @@ def render(command: str, answer: str, width: int = 80) -> str | None:
 
 
 def printed(command: str, answer: str, tty: bool) -> bool:
-    """On a terminal, print the answer as a table sized to it; `why` prints its sentence into a
-    pipe too (SPEC). False when it is not one we draw: then the answer is printed as it is."""
+    """On a terminal, print the answer as a table sized to it; INTO_PIPES commands are drawn into
+    a pipe too. False when it is not one we draw: then the answer is printed as it is."""
     import shutil
-    if not tty and command != "why":
+    if not tty and command not in INTO_PIPES:
         return False
-    text = render(command, answer, shutil.get_terminal_size().columns)
+    text = render(command, answer, shutil.get_terminal_size().columns if tty else 10_000)
     if text is not None:
         print(text, flush=True)
     return text is not None

@@ -119,8 +119,7 @@ def why(jobid: int, manager: QueueManager, db: Database, node_timeout: float) ->
                       live=[{"node": n["node"], "jobs": sorted(n["jobs"])} for n in live],
                       enabled_on=[n["node"] for n in others])
     if jt is not None and len(runners) == 1:
-        with jt.slots._cond:        # noqa: SLF001 - a consistent look at the counters
-            abandoned, size = jt.slots.abandoned, jt.slots.size
+        _, abandoned, size = jt.slots.busy()
         if abandoned >= size:
             return answer("held_back", f"job type {row.jobname} is held back on {manager.node}: "
                           f"{abandoned} timed-out run(s) are still alive and it starts no more until "
