@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from parseconfig import JobConfig
+from upqexec import Executor, ThreadExecutor
 from upqjob import UpqJob
 from upqstates import Outcome, OutcomeKind
 from upqworkerproc import WorkerGone, WorkerProc, death_message, serve_call, wait_ready, worker_user
@@ -249,9 +250,20 @@ class ProcessExecutor:
         return len(busy)
 
 
-def process_executor(cfg: JobConfig, jobs_dir: str, log: logging.Logger, slots: Any) -> ProcessExecutor:
-    """The executor of an isolation = process type: as many idle workers as it has slots."""
-    return ProcessExecutor(cfg, jobs_dir, log, lambda: slots.size, worker_user(cfg.user))
+def executor_for(cfg: JobConfig, jobs_dir: str, log: logging.Logger, queue: Any, slots: Any) -> Executor:
+    """A type's executor by its `isolation`: worker processes, as many as it has slots, or
+    threads (a timed-out run's thread is abandoned: it holds the type back until it ends)."""
+    if cfg.isolation == "process":
+        return ProcessExecutor(cfg, jobs_dir, log, lambda: slots.size, worker_user(cfg.user))
+
+    def abandoned(jobid: int) -> None:
+        slots.abandon()
+        queue.hold_back(jobid)
+
+    def reaped(jobid: int) -> None:
+        slots.reaped()
+        queue.release_hold(jobid)
+    return ThreadExecutor(cfg.name, log, abandoned, reaped)
 
 
 def reconfigured(executor: Any, old: JobConfig, new: JobConfig, make: Callable[[], Any]) -> Any:

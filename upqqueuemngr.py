@@ -27,8 +27,8 @@ from groupcommit import Pending
 from parseconfig import Config, JobConfig
 from upqdb import Database
 from upqerrors import JobRejected, QueueStopped, UnknownJob
-from upqexec import Executor, ThreadExecutor
-from upqprocexec import process_executor, reconfigured
+from upqexec import Executor
+from upqprocexec import executor_for, reconfigured
 from upqjob import JobHost, UpqJob
 from upqjoblog import JobLogs
 from upqschema import JobRow, utcnow
@@ -156,17 +156,7 @@ class QueueManager:
         return jt
 
     def _executor_for(self, cfg: JobConfig, queue: DBQueue, slots: Slots) -> Executor:
-        if cfg.isolation == "process":
-            return process_executor(cfg, self.config.paths.jobs_dir, self.log, slots)
-
-        def abandoned(jobid: int) -> None:
-            slots.abandon()
-            queue.hold_back(jobid)
-
-        def reaped(jobid: int) -> None:
-            slots.reaped()
-            queue.release_hold(jobid)
-        return ThreadExecutor(cfg.name, self.log, abandoned, reaped)
+        return executor_for(cfg, self.config.paths.jobs_dir, self.log, queue, slots)
 
     def reconfigure(self, config: Config, job_classes: Mapping[str, type[UpqJob]]) -> list[str]:
         """Apply reloaded [job] sections: added, removed and resized types; returns what changed.
